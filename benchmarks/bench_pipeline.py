@@ -1,0 +1,135 @@
+"""Generation speed and peak memory of TalkingHeadPipeline.
+
+For each preset (tiny, paper) × resolution (128², 256²) × sampler (300-step DDPM,
+25-step DPM-Solver) × device (CPU, and CUDA when present) it generates one clip
+of `--seconds` of audio from a fixed random pipeline and prints frames generated
+per second of wall time and the peak memory. Each configuration runs in its own
+process so that the CPU peak (max RSS) belongs to that configuration alone.
+
+On a CPU, 300 DDPM steps of the paper UNet at 256² take a long time per clip;
+`--max-steps N` times only the first N denoising steps of each clip and scales
+the time to the full count (printed as "extrapolated"), which is exact up to the
+fixed per-clip cost because every denoising step costs the same.
+
+    python benchmarks/bench_pipeline.py                       # everything
+    python benchmarks/bench_pipeline.py --presets tiny --sizes 128 --devices cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+
+def run_one(preset: str, size: int, sampler: str, device: str, seconds: float, max_steps: int | None) -> dict:
+    import numpy as np
+    import torch
+
+    from talking_head.presets import build_pipeline
+    from talking_head.schedulers import scheduler_from_name
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    pipe = build_pipeline(preset, sample_size=size, seed=0)
+    name, steps = {"ddpm300": ("ddpm", 300), "dpm25": ("dpm", 25)}[sampler]
+    pipe.scheduler = scheduler_from_name(name, pipe.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    rng = np.random.default_rng(0)
+    sr = 16000
+    t = np.arange(int(seconds * sr)) / sr
+    audio = (0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+             + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+    # A synthetic face layout: the benchmark measures compute, not detection.
+    lm = np.stack(np.meshgrid(np.linspace(0.3, 0.7, 17), np.linspace(0.35, 0.75, 4)), -1).reshape(-1, 2)[:68]
+    identity = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    landmarks = (lm * size).astype(np.float32)
+
+    run_steps = steps if max_steps is None else min(steps, max_steps)
+    counter = {"n": 0}
+
+    def count_steps(p, i, t_, kwargs):
+        counter["n"] += 1
+        return kwargs
+
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+    # Timing with the step count cut to run_steps: each clip runs run_steps steps.
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    out = pipe(audio, identity, sample_rate=sr, identity_landmarks=landmarks, emotion="neutral",
+               t_start=300, num_inference_steps=run_steps, generator=generator, output_type="np",
+               callback_on_step_end=count_steps)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    frames = out.frames.shape[1]
+    clips = len(pipe.clip_starts(frames))
+    per_step = elapsed / max(1, counter["n"])
+    full = elapsed if run_steps == steps else elapsed + per_step * clips * (steps - run_steps)
+    result = {
+        "preset": preset, "size": size, "sampler": sampler, "device": device, "frames": frames,
+        "clips": clips, "steps": steps, "steps_timed": run_steps, "seconds": round(full, 3),
+        "frames_per_s": round(frames / full, 4), "extrapolated": run_steps != steps,
+        "unet_params_M": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 3),
+    }
+    if device.startswith("cuda"):
+        result["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        result["peak_mem_kind"] = "cuda allocated"
+    else:
+        result["peak_mem_MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["peak_mem_kind"] = "process max RSS"
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="tiny,paper")
+    parser.add_argument("--sizes", default="128,256")
+    parser.add_argument("--samplers", default="ddpm300,dpm25")
+    parser.add_argument("--devices", default=None, help="default: cpu, plus cuda when present")
+    parser.add_argument("--seconds", type=float, default=0.64, help="audio length (0.64 s = one 16-frame clip at 25 fps)")
+    parser.add_argument("--max-steps", type=int, default=10,
+                        help="time at most this many denoising steps per clip and extrapolate (0 = run all)")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.one:  # child process: one configuration, JSON on stdout
+        cfg = json.loads(args.one)
+        print(json.dumps(run_one(**cfg)))
+        return
+
+    import torch
+
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    header = f"{'preset':6} {'size':>4} {'sampler':8} {'device':6} {'frames':>6} {'s':>9} {'frames/s':>9} {'peak MB':>9}  note"
+    print(header)
+    print("-" * len(header))
+    for device in devices:
+        for preset in args.presets.split(","):
+            for size in [int(s) for s in args.sizes.split(",")]:
+                for sampler in args.samplers.split(","):
+                    cfg = dict(preset=preset, size=size, sampler=sampler, device=device, seconds=args.seconds,
+                               max_steps=(args.max_steps or None) if device == "cpu" else None)
+                    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)],
+                                          capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        print(f"{preset:6} {size:>4} {sampler:8} {device:6}  FAILED: {proc.stderr.strip().splitlines()[-1]}")
+                        continue
+                    r = json.loads(proc.stdout.strip().splitlines()[-1])
+                    note = f"extrapolated from {r['steps_timed']}/{r['steps']} steps" if r["extrapolated"] else ""
+                    print(f"{preset:6} {size:>4} {sampler:8} {device:6} {r['frames']:>6} {r['seconds']:>9.2f} "
+                          f"{r['frames_per_s']:>9.3f} {r['peak_mem_MB']:>9.0f}  {note} (UNet {r['unet_params_M']} M params)",
+                          flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,695 @@
+# Copyright 2026 The talking-head authors. Licensed under the Apache License, Version 2.0.
+"""KFusion: a dual-domain audio -> facial-landmark model fused by a KAN.
+
+Paper: "KAN-based Fusion of Dual-Domain for Audio-Driven Facial Landmarks
+Generation" (arXiv 2409.05330). See DESIGN.md section 2.2 for where this
+implementation departs from the authors' released code and why.
+
+Data flow for a batch of B clips of F video frames:
+
+    waveform (B, S) ──► trim / zero-pad to F / fps seconds, loudness-normalise
+       │
+       ├─► Global domain: one raw-waveform window per video frame (the frame
+       │   plus `global_context_frames` frames on each side), resampled to
+       │   `global_window_length` samples ─► 1-D conv ─► + log-energy
+       │   ─► temporal convs over frames                      ─► (B, F, Cg)
+       │
+       └─► Context domain: log-mel (25 ms / 10 ms hop) or a wav2vec2 model
+           ─► temporal convs at the feature rate ─► interpolated to the
+           video frame centres                                 ─► (B, F, Cc)
+
+    identity landmarks (B, 68, 2) ─► MLP                       ─► (B, Ci)
+    emotion label (B,) or None    ─► embedding (row `num_emotions` = null) ─► (B, Ce)
+
+    per frame: concat ─► LayerNorm ─► pykan KAN ─► 68 x 2 displacements
+    landmarks = identity landmarks + displacements
+
+Landmarks use the project's one normalisation (talking_head.constants):
+iBUG-68 (x, y) divided by the side of the square face crop, so (0, 0) is the
+crop's top-left and (1, 1) its bottom-right.
+
+pykan notes (verified with pykan 0.2.8, see DESIGN.md section 6):
+- `KAN(...)` writes ./model/ and prints unless `auto_save=False`; with
+  `symbolic_enabled=True, save_act=True` it is ~400x slower. We set all three.
+- Its constructor reseeds the global torch / numpy / random generators; we
+  restore them so building this model does not change the user's RNG stream.
+- It cannot be built on the meta device or under a float16 default dtype
+  (its spline initialisation calls `torch.linalg.lstsq`), so `from_pretrained`
+  always loads with `low_cpu_mem_usage=False` and ignores `torch_dtype`.
+- The whole model stays float32: casting it to a half dtype is a no-op (the
+  device part of `.to(...)` still applies), inputs of any float dtype are
+  accepted, and the output is float32.
+- `KAN.forward` caches its input (with its autograd graph) on the module,
+  which keeps memory alive and breaks `copy.deepcopy`; we clear the cache.
+"""
+
+import math
+import operator
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput, logging
+from kan import KAN
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+from transformers.audio_utils import mel_filter_bank
+
+from talking_head.constants import MOUTH_SLICE, NUM_EMOTIONS, NUM_LANDMARKS, SAMPLE_RATE
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["KFusionLandmarkModel", "KFusionLandmarkOutput", "landmark_loss"]
+
+# Keys of a transformers config dict that describe where it came from, not the architecture.
+_WAV2VEC2_META_KEYS = ("transformers_version", "architectures", "_name_or_path", "model_type", "torch_dtype", "dtype")
+
+
+@dataclass
+class KFusionLandmarkOutput(BaseOutput):
+    """
+    Args:
+        landmarks (`torch.Tensor` of shape `(batch, num_frames, 68, 2)`):
+            Normalised (x, y) landmarks per video frame: identity landmarks + displacements. float32.
+        displacements (`torch.Tensor` of shape `(batch, num_frames, 68, 2)`):
+            The predicted offsets from the identity landmarks. float32.
+    """
+
+    landmarks: torch.Tensor
+    displacements: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small building blocks
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _TemporalConvBlock(nn.Module):
+    """Pre-norm residual 1-D convolution over time: (B, T, C) -> (B, T, C).
+
+    Convolutions rather than attention: they are local, so a model trained on
+    short clips behaves the same on minutes of audio, and need no positions.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.proj = nn.Linear(channels, channels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(self.norm(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.dropout(self.proj(F.gelu(h)))
+
+
+class _WindowEncoder(nn.Module):
+    """Raw-waveform window (N, L) -> feature (N, C).
+
+    No normalisation layer: loudness is the signal this domain exists to read,
+    and a norm layer would divide the amplitude away.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hidden = channels // 2
+        self.convs = nn.Sequential(
+            nn.Conv1d(1, hidden, kernel_size=10, stride=5),
+            nn.GELU(),
+            nn.Conv1d(hidden, channels, kernel_size=8, stride=4),
+            nn.GELU(),
+            nn.Conv1d(channels, channels, kernel_size=4, stride=2),
+            nn.GELU(),
+            # A fixed number of positions keeps where in the window things happen.
+            nn.AdaptiveAvgPool1d(6),
+        )
+        self.out = nn.Linear(channels * 6, channels)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return self.out(self.convs(windows.unsqueeze(1)).flatten(1))
+
+
+class _LogMelFrontend(nn.Module):
+    """Waveform (B, S) -> log-mel (B, T, n_mels), 25 ms windows every 10 ms.
+
+    Needs no pretrained weights, which makes it the working default here.
+    torch.stft + a mel filterbank instead of torchaudio (see DESIGN.md 6).
+    """
+
+    def __init__(self, sample_rate: int, n_mels: int):
+        super().__init__()
+        self.n_fft = int(round(0.025 * sample_rate))
+        self.hop_length = int(round(0.010 * sample_rate))
+        filters = mel_filter_bank(
+            num_frequency_bins=self.n_fft // 2 + 1,
+            num_mel_filters=n_mels,
+            min_frequency=0.0,
+            max_frequency=sample_rate / 2,
+            sampling_rate=sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        # Derived from the config, so not saved in the checkpoint.
+        self.register_buffer("mel_filters", torch.from_numpy(filters).float(), persistent=False)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.output_dim = n_mels
+        self.first_time = 0.0  # with center=True, frame t is centred on sample t * hop_length
+        self.time_step = self.hop_length / sample_rate
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        # Zero ("constant") padding at the ends: reflection fails on clips shorter than half a window.
+        spec = torch.stft(
+            waveform,
+            self.n_fft,
+            self.hop_length,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        mel = (spec.abs() ** 2).transpose(1, 2) @ self.mel_filters  # (B, T, n_mels)
+        log_mel = torch.log10(mel.clamp_min(1e-10))
+        # Whisper's scaling: 80 dB dynamic range below each clip's peak, roughly in [-1, 1].
+        log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
+        return (log_mel + 4.0) / 4.0
+
+
+class _Wav2Vec2Frontend(nn.Module):
+    """Waveform (B, S) -> wav2vec 2.0 features (B, T, hidden), ~20 ms per step.
+
+    The transformers model is a submodule, so its weights are part of this
+    model's state dict and checkpoint.
+    """
+
+    def __init__(self, config: Wav2Vec2Config, freeze: bool):
+        super().__init__()
+        self.wav2vec2 = Wav2Vec2Model(config)
+        self.freeze = freeze
+        if freeze:
+            self.wav2vec2.requires_grad_(False)
+        stride, receptive_field = 1, 1
+        for kernel, step in zip(config.conv_kernel, config.conv_stride):
+            receptive_field += (kernel - 1) * stride
+            stride *= step
+        self.receptive_field = receptive_field
+        self.output_dim = config.hidden_size
+        sample_rate = SAMPLE_RATE  # wav2vec 2.0 models are 16 kHz models
+        self.first_time = (receptive_field - 1) / 2 / sample_rate  # centre of the first feature's samples
+        self.time_step = stride / sample_rate
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        # What Wav2Vec2FeatureExtractor(do_normalize=True) does: zero mean, unit variance per clip.
+        mean = waveform.mean(dim=1, keepdim=True)
+        std = waveform.var(dim=1, keepdim=True, unbiased=False).add(1e-7).sqrt()
+        waveform = (waveform - mean) / std
+        if waveform.shape[1] < self.receptive_field:  # very short clips: give the conv stack one step
+            waveform = F.pad(waveform, (0, self.receptive_field - waveform.shape[1]))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            return self.wav2vec2(waveform).last_hidden_state
+
+
+def _sample_at_frames(features: torch.Tensor, first_time: float, time_step: float, num_frames: int, fps: float):
+    """Linearly interpolate features (B, T, C), step t centred at first_time + t * time_step
+    seconds, at the video frame centres (f + 0.5) / fps -> (B, F, C). Any fps, any length."""
+    steps = features.shape[1]
+    times = (torch.arange(num_frames, device=features.device, dtype=torch.float64) + 0.5) / fps
+    position = ((times - first_time) / time_step).clamp(0, steps - 1)
+    lower = position.floor().long().clamp(max=steps - 1)
+    upper = (lower + 1).clamp(max=steps - 1)
+    weight = (position - lower).to(features.dtype)[None, :, None]
+    return features[:, lower] * (1 - weight) + features[:, upper] * weight
+
+
+def _build_kan(width, grid, k):
+    """pykan KAN with the flags that keep it fast and side-effect free.
+
+    pykan reseeds torch / numpy / random with its `seed` argument; we derive
+    that seed from torch's generator (so `torch.manual_seed` still controls
+    the init) and restore all generators afterwards.
+    """
+    seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    with torch.random.fork_rng(devices=[]):
+        kan = KAN(
+            width=list(width),  # a copy: pykan rewrites the list it is given
+            grid=grid,
+            k=k,
+            seed=seed,
+            auto_save=False,
+            symbolic_enabled=False,
+            save_act=False,
+            device="cpu",
+        )
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
+    if cuda_states is not None:
+        torch.cuda.set_rng_state_all(cuda_states)
+    # The symbolic branch is disabled, so its parameters get no gradient; freezing
+    # them keeps optimisers and DistributedDataParallel from tripping over them.
+    kan.symbolic_fun.requires_grad_(False)
+    return kan
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class KFusionLandmarkModel(ModelMixin, ConfigMixin):
+    r"""
+    Audio + identity landmarks (+ optional emotion) -> 68 facial landmarks per video frame.
+
+    Default sizes (logmel front end): 0.50M parameters, 0.38M of them trainable (the
+    rest are pykan's spline grids, masks and its disabled symbolic branch); the
+    fusion KAN [176, 64, 136] is 0.32M of it. A training step (forward + backward)
+    on 8 clips x 16 frames at 25 fps takes about 50 ms on 2 CPU cores.
+
+    Parameters:
+        sample_rate (`int`, defaults to 16000): sample rate of the input waveform (Hz).
+        num_landmarks (`int`, defaults to 68): landmarks per face (iBUG-68).
+        context_encoder (`str`, defaults to `"logmel"`): the Context domain's front end, `"logmel"`
+            (no pretrained weights needed) or `"wav2vec2"` (a transformers `Wav2Vec2Model`, see
+            [`~KFusionLandmarkModel.from_wav2vec2_pretrained`]).
+        n_mels (`int`, defaults to 80): mel bands of the logmel front end.
+        wav2vec2_config (`dict`, *optional*): `Wav2Vec2Config` keyword arguments; required for `"wav2vec2"`.
+        freeze_wav2vec2 (`bool`, defaults to `True`): keep the wav2vec2 weights fixed (and in eval mode).
+        num_emotions (`int`, defaults to 8): emotion classes; label `num_emotions` means "no emotion given".
+        global_context_frames (`int`, defaults to 2): video frames of audio context on each side of a
+            frame's Global-domain window (window = 2 * context + 1 frames).
+        global_window_length (`int`, defaults to 800): samples each window is resampled to, whatever
+            the fps (800 = 4 kHz for 5 frames at 25 fps: enough for loudness and syllable rate).
+        global_channels (`int`, defaults to 64): Global-domain feature size.
+        context_channels (`int`, defaults to 64): Context-domain feature size.
+        identity_dim (`int`, defaults to 32): identity-landmark embedding size.
+        emotion_dim (`int`, defaults to 16): emotion embedding size.
+        num_temporal_blocks (`int`, defaults to 2): residual temporal conv blocks per domain.
+        temporal_kernel_size (`int`, defaults to 5): their kernel size (odd).
+        dropout (`float`, defaults to 0.1): dropout in the temporal blocks.
+        kan_hidden_dims (`tuple`, defaults to `(64,)`): hidden widths of the fusion KAN.
+        kan_grid (`int`, defaults to 5): spline grid intervals of the KAN.
+        kan_k (`int`, defaults to 3): spline order of the KAN.
+        displacement_scale (`float`, defaults to 0.1): KAN outputs are O(1); times this they are
+            displacements in face-crop units (a mouth opens by ~0.05).
+        normalize_loudness (`bool`, defaults to `True`): scale each clip to RMS 0.1 first, so the
+            recording's gain does not decide how wide the mouth opens.
+    """
+
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_rate: int = SAMPLE_RATE,
+        num_landmarks: int = NUM_LANDMARKS,
+        context_encoder: str = "logmel",
+        n_mels: int = 80,
+        wav2vec2_config: dict | None = None,
+        freeze_wav2vec2: bool = True,
+        num_emotions: int = NUM_EMOTIONS,
+        global_context_frames: int = 2,
+        global_window_length: int = 800,
+        global_channels: int = 64,
+        context_channels: int = 64,
+        identity_dim: int = 32,
+        emotion_dim: int = 16,
+        num_temporal_blocks: int = 2,
+        temporal_kernel_size: int = 5,
+        dropout: float = 0.1,
+        kan_hidden_dims: tuple = (64,),
+        kan_grid: int = 5,
+        kan_k: int = 3,
+        displacement_scale: float = 0.1,
+        normalize_loudness: bool = True,
+    ):
+        super().__init__()
+        if context_encoder not in ("logmel", "wav2vec2"):
+            raise ValueError(f"context_encoder must be 'logmel' or 'wav2vec2', got {context_encoder!r}")
+        if sample_rate <= 0:
+            raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+        if global_window_length < 105:  # the window encoder's three strided convs need this many
+            raise ValueError(f"global_window_length must be at least 105 samples, got {global_window_length}")
+        if temporal_kernel_size % 2 != 1:
+            raise ValueError(f"temporal_kernel_size must be odd (keeps frames aligned), got {temporal_kernel_size}")
+
+        # Global domain: raw waveform windows, one per video frame.
+        self.global_window_encoder = _WindowEncoder(global_channels)
+        # +2: log-energy of the whole window and of the frame itself (loudness, explicitly).
+        self.global_in = nn.Linear(global_channels + 2, global_channels)
+        self.global_temporal = nn.Sequential(
+            *[_TemporalConvBlock(global_channels, temporal_kernel_size, dropout) for _ in range(num_temporal_blocks)]
+        )
+
+        # Context domain: log-mel or wav2vec2 features at their own rate, resampled to frames later.
+        if context_encoder == "logmel":
+            self.context_frontend = _LogMelFrontend(sample_rate, n_mels)
+        else:
+            if wav2vec2_config is None:
+                raise ValueError(
+                    "context_encoder='wav2vec2' needs wav2vec2_config (a Wav2Vec2Config dict); to start from "
+                    "pretrained weights use KFusionLandmarkModel.from_wav2vec2_pretrained(local_path)"
+                )
+            if sample_rate != SAMPLE_RATE:
+                raise ValueError(f"wav2vec2 models read {SAMPLE_RATE} Hz audio; sample_rate is {sample_rate}")
+            self.context_frontend = _Wav2Vec2Frontend(_wav2vec2_config_from_dict(wav2vec2_config), freeze_wav2vec2)
+        self.context_in = nn.Linear(self.context_frontend.output_dim, context_channels)
+        self.context_temporal = nn.Sequential(
+            *[_TemporalConvBlock(context_channels, temporal_kernel_size, dropout) for _ in range(num_temporal_blocks)]
+        )
+
+        # Conditioning.
+        self.identity_encoder = nn.Sequential(
+            nn.Linear(num_landmarks * 2, 64), nn.SiLU(), nn.Linear(64, identity_dim)
+        )
+        self.emotion_embedding = nn.Embedding(num_emotions + 1, emotion_dim)  # last row: null / unknown
+
+        # Fusion: a KAN per frame. pykan's spline grid covers [-1, 1]; the LayerNorm puts inputs there.
+        fusion_dim = global_channels + context_channels + identity_dim + emotion_dim
+        self.fusion_norm = nn.LayerNorm(fusion_dim)
+        self.fusion_kan = _build_kan([fusion_dim, *kan_hidden_dims, num_landmarks * 2], kan_grid, kan_k)
+
+    # -- dtype / device handling ----------------------------------------------------------------------------------
+
+    def _apply(self, fn, recurse=True):
+        # Every cast (.to(dtype), .half(), .bfloat16(), a pipeline's .to(torch.float16)) goes through
+        # here. Keep float tensors float32 but honour the device part: probe `fn` on an empty tensor
+        # to learn the target, so no weight is ever rounded through a half type.
+        def keep_float32(tensor):
+            if tensor.is_floating_point():
+                target = fn(torch.empty(0, dtype=tensor.dtype, device=tensor.device))
+                if target.dtype != tensor.dtype:
+                    return tensor.to(device=target.device)
+            return fn(tensor)
+
+        super()._apply(keep_float32, recurse)
+        # nn.Module.to does not call KAN.to, so pykan's own `device` bookkeeping would go stale.
+        device = self.fusion_kan.act_fun[0].coef.device
+        self.fusion_kan.device = device
+        for layer in [*self.fusion_kan.act_fun, *self.fusion_kan.symbolic_fun]:
+            layer.device = device
+        self.fusion_kan.input_id = self.fusion_kan.input_id.to(device)
+        return self
+
+    def to(self, *args, **kwargs):
+        # Drop the dtype before ModelMixin.to sees it (it warns on any dtype cast); _apply above
+        # catches the casts that do not go through here (.half(), .bfloat16(), .to(tensor)).
+        dtype = kwargs.pop("dtype", None)
+        dtypes = [a for a in args if isinstance(a, torch.dtype)]
+        args = tuple(a for a in args if not isinstance(a, torch.dtype))
+        for requested in [dtype, *dtypes]:
+            if requested is not None and requested != torch.float32:
+                logger.info(f"KFusionLandmarkModel stays float32 (pykan fails in half precision), not {requested}.")
+        if not args and "device" not in kwargs and "tensor" not in kwargs:
+            return self
+        return super().to(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if isinstance(self.context_frontend, _Wav2Vec2Frontend) and self.context_frontend.freeze:
+            self.context_frontend.wav2vec2.eval()  # no dropout / SpecAugment in a frozen feature extractor
+        return self
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        r"""[`ModelMixin.from_pretrained`], always with `low_cpu_mem_usage=False` (pykan cannot be built on
+        the meta device) and in float32 (`torch_dtype` is ignored). A single-device `device_map`
+        (`"cuda"`, `0`, ...) moves the loaded model there."""
+        if kwargs.get("low_cpu_mem_usage"):
+            logger.info("KFusionLandmarkModel loads with low_cpu_mem_usage=False: pykan cannot be built on 'meta'.")
+        kwargs["low_cpu_mem_usage"] = False
+        for key in ("torch_dtype", "dtype"):
+            dtype = kwargs.pop(key, None)
+            if dtype is not None and dtype != torch.float32:
+                logger.info(f"KFusionLandmarkModel stays float32 (pykan fails in half precision), not {dtype}.")
+        device_map = kwargs.pop("device_map", None)
+        device = None
+        if device_map is not None:
+            try:
+                device = torch.device(device_map)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    f"KFusionLandmarkModel cannot be dispatched with device_map={device_map!r}; give one device "
+                    "('cpu', 'cuda', 0) or load it and call .to(device)"
+                ) from None
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if device is not None:
+            (loaded[0] if isinstance(loaded, tuple) else loaded).to(device)
+        return loaded
+
+    @classmethod
+    def from_wav2vec2_pretrained(cls, wav2vec2_path: str | os.PathLike, **kwargs) -> "KFusionLandmarkModel":
+        r"""
+        A new model whose Context domain is the pretrained wav2vec 2.0 in the local directory `wav2vec2_path`
+        (anything `Wav2Vec2Model.from_pretrained` reads: a saved `Wav2Vec2Model`, `Wav2Vec2ForCTC`, ...). The
+        rest of the model is randomly initialised; `kwargs` are the other config arguments. The wav2vec2
+        config is copied into this model's config, and its weights into this model's state dict, so
+        `save_pretrained` / `from_pretrained` need the original directory no more.
+        """
+        if not os.path.isdir(wav2vec2_path):
+            raise ValueError(
+                f"wav2vec2_path must be a local directory with a saved wav2vec2 model (config.json + weights); "
+                f"{str(wav2vec2_path)!r} is not a directory (models are never downloaded here)"
+            )
+        for key in ("context_encoder", "wav2vec2_config"):
+            if key in kwargs:
+                raise ValueError(f"from_wav2vec2_pretrained sets {key} itself; do not pass it")
+        wav2vec2 = Wav2Vec2Model.from_pretrained(wav2vec2_path, local_files_only=True)
+        config = {k: v for k, v in wav2vec2.config.to_diff_dict().items() if k not in _WAV2VEC2_META_KEYS}
+        model = cls(context_encoder="wav2vec2", wav2vec2_config=config, **kwargs)
+        model.context_frontend.wav2vec2.load_state_dict(wav2vec2.state_dict())
+        return model
+
+    # -- forward --------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        waveform: torch.Tensor,
+        identity_landmarks: torch.Tensor,
+        num_frames: int,
+        fps: float = 25.0,
+        emotion_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> KFusionLandmarkOutput | tuple:
+        r"""
+        Args:
+            waveform (`torch.Tensor` of shape `(batch, samples)`):
+                Mono audio at `config.sample_rate`, any float dtype. Video frame `f` covers audio
+                `[f / fps, (f + 1) / fps)`; audio shorter than `num_frames / fps` is zero-padded, audio
+                past the end is ignored.
+            identity_landmarks (`torch.Tensor` of shape `(batch, 68, 2)`):
+                The person's own landmarks (normalised, see module docstring); the output moves from these.
+            num_frames (`int`): video frames to predict (>= 1).
+            fps (`float`, defaults to 25.0): video frame rate (> 0).
+            emotion_labels (`torch.Tensor` of shape `(batch,)`, *optional*):
+                Class ids in `[0, num_emotions]` (talking_head.constants.EMOTIONS order); `num_emotions`
+                or `None` means no emotion given.
+            return_dict (`bool`, defaults to `True`): return a [`KFusionLandmarkOutput`] or a tuple.
+
+        Returns:
+            [`KFusionLandmarkOutput`] or `(landmarks, displacements)`, both `(batch, num_frames, 68, 2)` float32.
+        """
+        waveform, identity_landmarks, num_frames, fps, emotion_labels = self._check_inputs(
+            waveform, identity_landmarks, num_frames, fps, emotion_labels
+        )
+        # float32 throughout, also under a caller's autocast: pykan is not half-precision safe.
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            batch = waveform.shape[0]
+            waveform = self._prepare_waveform(waveform, num_frames, fps)
+
+            global_features = self._global_domain(waveform, num_frames, fps)  # (B, F, Cg)
+            context_features = self._context_domain(waveform, num_frames, fps)  # (B, F, Cc)
+            identity = self.identity_encoder((identity_landmarks.flatten(1) - 0.5) * 2.0)  # roughly [-1, 1] in
+            emotion = self.emotion_embedding(emotion_labels)
+
+            fused = torch.cat(
+                [
+                    global_features,
+                    context_features,
+                    identity[:, None].expand(-1, num_frames, -1),
+                    emotion[:, None].expand(-1, num_frames, -1),
+                ],
+                dim=-1,
+            )
+            out = self.fusion_kan(self.fusion_norm(fused).reshape(batch * num_frames, -1))
+            # pykan keeps its last input (and autograd graph) as `cache_data`; drop it.
+            self.fusion_kan.cache_data = None
+            self.fusion_kan.acts = None
+
+            displacements = out.reshape(batch, num_frames, self.config.num_landmarks, 2)
+            displacements = displacements * self.config.displacement_scale
+            landmarks = identity_landmarks[:, None] + displacements
+
+        if not return_dict:
+            return landmarks, displacements
+        return KFusionLandmarkOutput(landmarks=landmarks, displacements=displacements)
+
+    def _prepare_waveform(self, waveform: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
+        """Trim / zero-pad to exactly the samples the frames cover, and normalise loudness."""
+        needed = math.ceil(num_frames * self.config.sample_rate / fps - 1e-6)
+        waveform = F.pad(waveform[:, :needed], (0, max(needed - waveform.shape[1], 0)))
+        if self.config.normalize_loudness:
+            # After padding, so short audio behaves exactly like the caller's own zero padding.
+            # The floor keeps near-silence from being blown up.
+            rms = waveform.pow(2).mean(dim=1, keepdim=True).sqrt()
+            waveform = waveform * (0.1 / rms.clamp_min(1e-3))
+        return waveform
+
+    def _global_domain(self, waveform: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
+        windows = self._frame_windows(waveform, num_frames, fps)  # (B, F, L)
+        batch, _, length = windows.shape
+        features = self.global_window_encoder(windows.reshape(batch * num_frames, length))
+        features = features.reshape(batch, num_frames, -1)
+
+        context = self.config.global_context_frames
+        start = round(context * length / (2 * context + 1))
+        end = max(round((context + 1) * length / (2 * context + 1)), start + 1)
+        energy = torch.stack([windows.pow(2).mean(-1), windows[..., start:end].pow(2).mean(-1)], dim=-1)
+        log_energy = torch.log10(energy + 1e-8) / 4.0  # ~[-2, 0]
+        features = self.global_in(torch.cat([features, log_energy], dim=-1))
+        return self.global_temporal(features)
+
+    def _frame_windows(self, waveform: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
+        """Per video frame f, the audio in [(f - c) / fps, (f + 1 + c) / fps) resampled to L samples:
+        (B, S) -> (B, F, L). Outside the audio counts as silence.
+
+        Resampling is by area (each output sample is the mean of the input it covers), computed from a
+        cumulative sum: anti-aliased, exact for any ratio, and one vectorised gather.
+        """
+        batch, num_samples = waveform.shape
+        context, length = self.config.global_context_frames, self.config.global_window_length
+        # float64 so differences of a long running sum stay exact (MPS has no float64).
+        acc = torch.float32 if waveform.device.type == "mps" else torch.float64
+        cumsum = F.pad(waveform.to(acc).cumsum(dim=1), (1, 0))  # cumsum[:, n] = sum of samples before n
+
+        samples_per_frame = self.config.sample_rate / fps
+        bin_width = (2 * context + 1) * samples_per_frame / length
+        frames = torch.arange(num_frames, device=waveform.device, dtype=acc)
+        edges = (frames[:, None] - context) * samples_per_frame + torch.arange(
+            length + 1, device=waveform.device, dtype=acc
+        ) * bin_width  # (F, L + 1), in samples
+        edges = edges.clamp(0, num_samples).flatten()
+        lower = edges.floor().long().clamp(max=num_samples - 1)
+        frac = edges - lower
+        # The running sum is piecewise linear between samples: interpolate it at the bin edges.
+        at_edges = cumsum[:, lower] + frac * (cumsum[:, lower + 1] - cumsum[:, lower])
+        at_edges = at_edges.reshape(batch, num_frames, length + 1)
+        return ((at_edges[..., 1:] - at_edges[..., :-1]) / bin_width).to(torch.float32)
+
+    def _context_domain(self, waveform: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
+        frontend = self.context_frontend
+        features = self.context_temporal(self.context_in(frontend(waveform)))
+        return _sample_at_frames(features, frontend.first_time, frontend.time_step, num_frames, fps)
+
+    def _check_inputs(self, waveform, identity_landmarks, num_frames, fps, emotion_labels):
+        if not isinstance(waveform, torch.Tensor):
+            raise ValueError(f"waveform must be a torch.Tensor (batch, samples), got {type(waveform).__name__}")
+        if waveform.ndim != 2:
+            raise ValueError(f"waveform must be 2-D (batch, samples) mono audio, got shape {tuple(waveform.shape)}")
+        if not waveform.is_floating_point():
+            raise ValueError(f"waveform must be a float tensor, got {waveform.dtype}")
+        if waveform.shape[0] < 1 or waveform.shape[1] < 1:
+            raise ValueError(f"waveform must have at least one item and one sample, got shape {tuple(waveform.shape)}")
+        if not torch.isfinite(waveform).all():
+            raise ValueError("waveform contains NaN or infinite values")
+
+        shape = (waveform.shape[0], self.config.num_landmarks, 2)
+        is_tensor = isinstance(identity_landmarks, torch.Tensor)
+        if not is_tensor or tuple(identity_landmarks.shape) != shape:
+            got = tuple(identity_landmarks.shape) if is_tensor else type(identity_landmarks).__name__
+            raise ValueError(
+                f"identity_landmarks must be a tensor of shape {shape} (batch matching waveform, normalised "
+                f"(x, y) points), got {got}"
+            )
+        if not identity_landmarks.is_floating_point() or not torch.isfinite(identity_landmarks).all():
+            raise ValueError("identity_landmarks must be finite float values")
+
+        try:
+            if isinstance(num_frames, bool):
+                raise TypeError
+            num_frames = operator.index(num_frames)
+        except TypeError:
+            raise ValueError(f"num_frames must be an integer, got {num_frames!r}") from None
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)):
+            raise ValueError(f"fps must be a number, got {fps!r}")
+        fps = float(fps)
+        if not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"fps must be a positive finite number, got {fps}")
+
+        device = self.device
+        if emotion_labels is None:
+            emotion_labels = torch.full((waveform.shape[0],), self.config.num_emotions, dtype=torch.long)
+        else:
+            emotion_labels = torch.as_tensor(emotion_labels)
+            labels_dtype = emotion_labels.dtype
+            integer = not (labels_dtype.is_floating_point or labels_dtype.is_complex or labels_dtype == torch.bool)
+            if emotion_labels.shape != (waveform.shape[0],) or not integer:
+                raise ValueError(
+                    f"emotion_labels must be integer class ids of shape ({waveform.shape[0]},), got "
+                    f"{emotion_labels.dtype} of shape {tuple(emotion_labels.shape)}"
+                )
+            if emotion_labels.min() < 0 or emotion_labels.max() > self.config.num_emotions:
+                raise ValueError(
+                    f"emotion_labels must be in [0, {self.config.num_emotions}] ({self.config.num_emotions} = no "
+                    f"emotion), got {emotion_labels.tolist()}"
+                )
+        return (
+            waveform.to(device=device, dtype=torch.float32),
+            identity_landmarks.to(device=device, dtype=torch.float32),
+            num_frames,
+            fps,
+            emotion_labels.to(device=device, dtype=torch.long),
+        )
+
+
+def _wav2vec2_config_from_dict(config: dict) -> Wav2Vec2Config:
+    if not isinstance(config, dict):
+        raise ValueError(f"wav2vec2_config must be a dict of Wav2Vec2Config arguments, got {type(config).__name__}")
+    # Wav2Vec2Config silently accepts any keyword; a typo would otherwise build the wrong model.
+    known = set(Wav2Vec2Config().to_dict()) | {"num_labels"}
+    unknown = sorted(set(config) - known - set(_WAV2VEC2_META_KEYS))
+    if unknown:
+        raise ValueError(f"wav2vec2_config has unknown Wav2Vec2Config keys: {unknown}")
+    return Wav2Vec2Config(**{k: v for k, v in config.items() if k not in _WAV2VEC2_META_KEYS})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def landmark_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mouth_weight: float = 0.8,
+    all_weight: float = 0.2,
+    velocity_weight: float = 0.5,
+) -> torch.Tensor:
+    r"""
+    The KFusion training loss on landmark sequences `(batch, frames, 68, 2)`:
+
+        all_weight * MSE(all 68 points) + mouth_weight * MSE(mouth points 48-67)
+        + velocity_weight * MSE(frame-to-frame differences)
+
+    The first two are the authors' 0.2 / 0.8 split: the mouth is what lip sync is judged on. The
+    velocity term compares motion, not positions, so per-frame jitter costs extra (with 0.5, white
+    noise on the prediction costs about twice what it would without it). Computed in float32.
+    """
+    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
+        raise ValueError("pred and target must be torch tensors")
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
+    if pred.ndim != 4 or pred.shape[-2:] != (NUM_LANDMARKS, 2):
+        raise ValueError(f"pred must be (batch, frames, {NUM_LANDMARKS}, 2), got {tuple(pred.shape)}")
+    pred, target = pred.float(), target.float()
+    loss = all_weight * F.mse_loss(pred, target)
+    loss = loss + mouth_weight * F.mse_loss(pred[:, :, MOUTH_SLICE], target[:, :, MOUTH_SLICE])
+    if pred.shape[1] > 1 and velocity_weight:
+        loss = loss + velocity_weight * F.mse_loss(pred.diff(dim=1), target.diff(dim=1))
+    return loss

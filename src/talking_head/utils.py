@@ -1,0 +1,41 @@
+"""Small shared helpers: writing directories so an interruption never loses a saved pipeline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def replace_dir_atomic(tmp_dir: Path, target: Path) -> None:
+    """Move the finished directory `tmp_dir` to `target`, replacing any old one.
+
+    The old directory is moved aside first and deleted only once the new one is in
+    place, so at every moment one complete copy exists under a known name.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} exists and is not a directory")
+    backup = None
+    if target.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.rmdir(backup)
+        os.replace(target, backup)
+    os.replace(tmp_dir, target)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def save_pipeline_atomic(pipe, output, **kwargs) -> Path:
+    """`pipe.save_pretrained(output)` written to a temporary sibling first, then renamed into place."""
+    target = Path(output).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        pipe.save_pretrained(tmp, safe_serialization=True, **kwargs)
+        replace_dir_atomic(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,89 @@
+"""The `talking-head` command: init, generate, demo, and one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import soundfile
+
+from conftest import SPEECH
+from talking_head.audio import probe_media
+from talking_head.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    assert main(["init", "--preset", "tiny", "--sample-size", "32", "--output", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def astronaut_png(tmp_path_factory):
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("img") / "astronaut.png"
+    PIL.Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("talking-head") or str(__import__("pathlib").Path(sys.executable).with_name("talking-head"))
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "generate" in proc.stdout and "init" in proc.stdout
+
+
+def test_init_writes_a_loadable_pipeline(tiny_pipeline):
+    from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
+
+    pipe = TalkingHeadPipeline.from_pretrained(tiny_pipeline)
+    assert pipe.sample_size == 32
+
+
+def test_generate_writes_mp4_with_video_and_audio_of_the_right_duration(tiny_pipeline, astronaut_png, tmp_path, capsys):
+    pytest.importorskip("dlib")
+    out = tmp_path / "talk.mp4"
+    rc = main(["generate", "--pipeline", str(tiny_pipeline), "--audio", str(SPEECH), "--identity", str(astronaut_png),
+               "--output", str(out), "--scheduler", "dpm", "--steps", "2", "--emotion", "happy"])
+    assert rc == 0, capsys.readouterr().err
+    info = probe_media(out)
+    assert info["has_video"] and info["has_audio"]
+    audio_seconds = soundfile.info(str(SPEECH)).duration
+    assert abs(info["duration"] - audio_seconds) <= 1 / 25 + 0.03
+    assert "emotion happy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,needle", [
+    ({"--audio": "missing.wav"}, "not found"),
+    ({"--t-start": "5000"}, "t_start"),
+    ({"--output": "video.avi"}, ".mp4"),
+    ({"--emotion": "grumpy"}, "invalid choice"),
+    ({"--steps": "0"}, "expected a number >= 1"),
+])
+def test_bad_arguments_give_one_line_errors(tiny_pipeline, astronaut_png, tmp_path, capsys, change, needle):
+    args = {"--pipeline": str(tiny_pipeline), "--audio": str(SPEECH), "--identity": str(astronaut_png),
+            "--output": str(tmp_path / "x.mp4"), "--emotion": "neutral"}
+    args.update(change)
+    if "--audio" in change:
+        args["--audio"] = str(tmp_path / change["--audio"])
+    argv = ["generate"] + [x for kv in args.items() for x in kv]
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse's own errors: usage, then one error line
+        rc = exit_.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_not_a_pipeline_directory(tmp_path, astronaut_png, capsys):
+    rc = main(["generate", "--pipeline", str(tmp_path), "--audio", str(SPEECH), "--identity", str(astronaut_png),
+               "--output", str(tmp_path / "x.mp4")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert "model_index.json" in err and len(err.splitlines()) == 1
