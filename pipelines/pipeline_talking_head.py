@@ -157,9 +157,11 @@ class TalkingHeadPipeline(DiffusionPipeline):
     def sample_size(self) -> int:
         return int(self.unet.config.sample_size)
 
-    def prepare_identity(self, identity_frame, identity_landmarks=None):
+    def prepare_identity(self, identity_frame, identity_landmarks=None, crop_face_box: bool = True):
         """Load one identity image, find its face and crop it to the UNet's resolution.
 
+        With `crop_face_box=False` the image is taken as an existing face crop (as prepared
+        datasets store them): only its centre square is kept and resized.
         Returns (crop uint8 (S, S, 3), landmarks (68, 2) in crop pixels).
         """
         image = load_image(identity_frame, name="identity_frame")
@@ -175,7 +177,11 @@ class TalkingHeadPipeline(DiffusionPipeline):
             if not np.isfinite(points).all():
                 raise ValueError("identity_landmarks contain NaN or infinite values")
         size = self.sample_size
-        box = face_crop_box(points)
+        if crop_face_box:
+            box = face_crop_box(points)
+        else:
+            height, width = image.shape[:2]
+            box = (width / 2.0, height / 2.0, float(min(height, width)))
         crop = crop_face(image, box, size)
         return crop, landmarks_to_crop(points, box, size).astype(np.float32)
 
@@ -297,6 +303,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
         fps: float = 25.0,
         sample_rate: int | None = None,
         identity_landmarks=None,
+        landmarks=None,
+        crop_face: bool = True,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str | None = "np",
         return_dict: bool = True,
@@ -323,6 +331,12 @@ class TalkingHeadPipeline(DiffusionPipeline):
             sample_rate: the rate of an array/tensor `audio`.
             identity_landmarks: (68, 2) pixel landmarks of `identity_frame` (per item
                 for a list), instead of detecting them with dlib.
+            landmarks: (B, F, 68, 2) or (F, 68, 2) landmarks in pixels of the output
+                frame that drive the video instead of the landmark model's (e.g. ground
+                truth, for the renderer's ceiling). F must match the audio's frame count.
+            crop_face: crop the identity frame around the detected face (default). False:
+                the frame already is a face crop (e.g. a prepared dataset's frame); its
+                centre square is resized to the pipeline's resolution.
             generator: torch generator(s) for reproducible output.
             output_type: "np", "pt", "pil", or None to keep no frames in memory (use
                 `frames_callback` to stream them, e.g. to a `VideoWriter`).
@@ -343,14 +357,14 @@ class TalkingHeadPipeline(DiffusionPipeline):
             m.eval()
         try:
             return self._generate(audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
-                                  sample_rate, identity_landmarks, generator, output_type, return_dict,
+                                  sample_rate, identity_landmarks, landmarks, crop_face, generator, output_type, return_dict,
                                   frames_callback, callback_on_step_end, callback_on_step_end_tensor_inputs)
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
 
     def _generate(self, audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
-                  sample_rate, identity_landmarks, generator, output_type, return_dict, frames_callback,
+                  sample_rate, identity_landmarks, landmarks, crop_face_box, generator, output_type, return_dict, frames_callback,
                   callback_on_step_end, callback_on_step_end_tensor_inputs):
         self.check_inputs(audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
                           sample_rate, output_type, identity_landmarks, callback_on_step_end_tensor_inputs)
@@ -384,7 +398,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
             lmk_in = [identity_landmarks] * len(frames_in)
         else:
             lmk_in = _as_list(identity_landmarks)
-        identities = [self.prepare_identity(f, l) for f, l in zip(frames_in, lmk_in)]
+        identities = [self.prepare_identity(f, l, crop_face_box) for f, l in zip(frames_in, lmk_in)]
         if len(identities) == 1 and batch > 1:
             identities = identities * batch
         size = self.sample_size
@@ -401,8 +415,11 @@ class TalkingHeadPipeline(DiffusionPipeline):
             names = [EMOTIONS[int(k)] for k in probs.argmax(axis=1)]
         labels = torch.tensor([emotion_to_id(n) for n in names], dtype=torch.long)
 
-        # 4. Audio -> landmarks for every frame (normalised to the crop).
-        landmarks = self.predict_landmarks(wave_batch, id_landmarks, num_frames, fps, labels)
+        # 4. Audio -> landmarks for every frame (normalised to the crop), unless the caller gave them.
+        if landmarks is None:
+            landmarks = self.predict_landmarks(wave_batch, id_landmarks, num_frames, fps, labels)
+        else:
+            landmarks = self._given_landmarks(landmarks, batch, num_frames)
 
         # 5. Clip by clip: mask-noise at the landmarks, SDEdit, cross-fade the overlaps.
         starts = self.clip_starts(num_frames)
@@ -456,6 +473,21 @@ class TalkingHeadPipeline(DiffusionPipeline):
             return frames, landmarks_px, names
         return TalkingHeadPipelineOutput(frames=frames, landmarks=landmarks_px, emotion=names,
                                          emotion_probs=probs, fps=fps, audio=audio_out, sample_rate=SAMPLE_RATE)
+
+    def _given_landmarks(self, landmarks, batch: int, num_frames: int) -> torch.Tensor:
+        """Caller-given driving landmarks (pixels of the output frame) -> normalised (B, F, 68, 2)."""
+        lm = landmarks.detach().cpu().float() if torch.is_tensor(landmarks) else torch.as_tensor(
+            np.asarray(landmarks, dtype=np.float32))
+        if lm.ndim == 3:
+            lm = lm[None].expand(batch, -1, -1, -1)
+        if lm.ndim != 4 or lm.shape[0] != batch or lm.shape[2:] != (NUM_LANDMARKS, 2):
+            raise ValueError(f"landmarks must be ({batch}, F, {NUM_LANDMARKS}, 2) pixels of the output frame, "
+                             f"got shape {tuple(lm.shape)}")
+        if lm.shape[1] != num_frames:
+            raise ValueError(f"landmarks has {lm.shape[1]} frames but the audio gives {num_frames} at this fps")
+        if not torch.isfinite(lm).all():
+            raise ValueError("landmarks contain NaN or infinite values")
+        return lm / self.sample_size
 
     @staticmethod
     def _emit(frames: np.ndarray, kept: list | None, callback) -> int:

@@ -87,3 +87,38 @@ def test_not_a_pipeline_directory(tmp_path, astronaut_png, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert "model_index.json" in err and len(err.splitlines()) == 1
+
+
+def test_sigterm_mid_generation_leaves_previous_output_intact_and_no_temp_files(tiny_pipeline, tmp_path):
+    """A killed `generate` must not leave half-written files nor touch the MP4 already there."""
+    import os
+    import signal
+    import time
+
+    from conftest import voice_like
+
+    audio = tmp_path / "long.wav"
+    soundfile.write(str(audio), voice_like(20.0), 16000)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    target = out_dir / "talk.mp4"
+    target.write_bytes(b"previous good video")
+    exe = str(__import__("pathlib").Path(sys.executable).with_name("talking-head"))
+    from skimage import data
+
+    PIL.Image.fromarray(data.astronaut()).save(tmp_path / "face.png")
+    pytest.importorskip("dlib")
+    proc = subprocess.Popen([exe, "generate", "--pipeline", str(tiny_pipeline), "--audio", str(audio),
+                             "--identity", str(tmp_path / "face.png"), "--output", str(target),
+                             "--scheduler", "dpm", "--steps", "2", "--emotion", "neutral"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.endswith(".part") for p in out_dir.iterdir()):
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert target.read_bytes() == b"previous good video"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["talk.mp4"]

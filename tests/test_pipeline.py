@@ -313,3 +313,25 @@ def test_pipeline_without_classifier_needs_an_emotion(identity, tmp_path):
     assert run(p, identity, emotion="neutral").emotion == ["neutral"]
     loaded = TalkingHeadPipeline.from_pretrained(save_pipeline_atomic(p, tmp_path / "noclf"))
     assert loaded.emotion_classifier is None
+
+
+def test_given_landmarks_drive_the_video(pipe, identity):
+    rng = np.random.default_rng(0)
+    given = (synthetic_face_landmarks(SIZE)[None] + rng.normal(0, 0.5, (10, 68, 2))).astype(np.float32)
+    out = run(pipe, identity, landmarks=given, num_inference_steps=1)
+    np.testing.assert_allclose(out.landmarks[0], given, atol=1e-4)
+    with pytest.raises(ValueError, match="frames"):
+        run(pipe, identity, landmarks=given[:7])
+    with pytest.raises(ValueError, match="landmarks must be"):
+        run(pipe, identity, landmarks=given[:, :20])
+
+
+def test_identity_that_already_is_a_face_crop(pipe, identity):
+    image, lmk = identity  # 80×80
+    crop, crop_lmk = pipe.prepare_identity(image, lmk, crop_face_box=False)
+    assert crop.shape == (SIZE, SIZE, 3)
+    np.testing.assert_allclose(crop_lmk, lmk * SIZE / 80, atol=1e-3)
+    expected = np.asarray(PIL.Image.fromarray(image).resize((SIZE, SIZE), PIL.Image.BILINEAR), dtype=np.float32)
+    assert np.abs(crop.astype(np.float32) - expected).mean() < 4
+    out = run(pipe, identity, crop_face=False, num_inference_steps=1)
+    assert out.frames.shape == (1, 10, SIZE, SIZE, 3)

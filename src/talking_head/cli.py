@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -177,7 +179,22 @@ def cmd_demo(args) -> int:
     return _generate(args, pipeline_dir, str(assets / "speech_demo.wav"), identity, args.output)
 
 
+def _exit_on_sigterm(signum, frame):
+    # Raise instead of dying, so every `with` block (MP4 writers, dataset writers) removes its temp files.
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if on_main_thread else None
+    try:
+        return _run(argv)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"init": cmd_init, "generate": cmd_generate, "demo": cmd_demo}
