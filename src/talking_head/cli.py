@@ -79,20 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--emotion", choices=list(EMOTIONS), default=None,
                        help="emotion to show (default: detected from the audio)")
         p.add_argument("--t-start", type=_positive_int, default=300, help="SDEdit start timestep (paper: 300)")
-        p.add_argument("--steps", type=_positive_int, default=None,
-                       help="denoising steps (default: t-start for ddpm, 25 for dpm, 50 for ddim)")
+        p.add_argument("--steps", type=_positive_int, default=None if name == "generate" else 10,
+                       help="denoising steps (default: t-start for ddpm, 25 for dpm, 50 for ddim"
+                            + ("" if name == "generate" else "; the demo uses 10 dpm steps") + ")")
         p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], default="ddpm" if name == "generate" else "dpm")
         p.add_argument("--guidance-scale", type=float, default=1.0, help="emotion guidance; 1 = off")
         p.add_argument("--fps", type=_positive_float, default=DEFAULT_FPS)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
         p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    # Data preparation commands live with the data code (talking_head.data).
+    # Data preparation and evaluation commands live with their code.
     from talking_head.data.prepare import add_prepare_parser
     from talking_head.data.preview import add_preview_parser
+    from talking_head.evaluation.cli import add_evaluate_parser
 
     add_prepare_parser(sub)
     add_preview_parser(sub)
+    add_evaluate_parser(sub)
     return parser
 
 

@@ -1,0 +1,363 @@
+"""metrics.json, report.md and the plots of an evaluation run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from talking_head.constants import EMOTIONS
+
+# DESIGN.md section 5: the paper's Table 1 (MEAD M030, their protocol) and Table 2 (t_start sweep).
+PAPER_TABLE1 = [
+    {"method": "MEAD baseline", "psnr": 23.88, "ssim": 0.53, "m_ld": 3.23, "f_ld": 3.35},
+    {"method": "MakeItTalk", "psnr": 26.78, "ssim": 0.56, "m_ld": 3.23, "f_ld": 3.65},
+    {"method": "Wav2Lip", "psnr": 27.69, "ssim": 0.59, "m_ld": 2.19, "f_ld": 2.33},
+    {"method": "EVP", "psnr": 27.63, "ssim": 0.71, "m_ld": 1.38, "f_ld": 2.88},
+    {"method": "paper", "psnr": 24.69, "ssim": 0.85, "m_ld": 1.22, "f_ld": 1.33},
+]
+PAPER_TABLE2 = {
+    "t_start": [100, 200, 300, 400, 500, 1000],
+    "psnr": [19.27, 21.13, 24.69, 20.26, 17.12, 12.62],
+    "ssim": [0.728, 0.802, 0.854, 0.817, 0.748, 0.061],
+}
+
+DEFINITIONS = """\
+- **PSNR** (dB, higher is better): `skimage.metrics.peak_signal_noise_ratio(gt, gen, data_range=255)` per
+  frame on uint8 RGB frames at the generation resolution, averaged over all scored frames of all clips. The
+  ground-truth frames (256x256 face crops) are resized to that resolution with PIL's bilinear filter, the one
+  the training data loader uses. An identical frame (PSNR = +inf) counts as the PSNR of a one-step error in
+  one value (101.1 dB at 256x256); `psnr_identical_frames` says how many there were.
+- **SSIM** (higher is better): `skimage.metrics.structural_similarity(gt, gen, channel_axis=-1,
+  data_range=255)` with scikit-image's defaults (7x7 uniform window, sample covariance), i.e. the mean SSIM
+  of the R, G and B channels, averaged over frames like PSNR (the settings of the public EAT/MEAD evaluator).
+- **M-LD / F-LD** (pixels of a 256x256 frame, lower is better): dlib's 68 landmarks detected on the
+  generated frame and on the ground-truth frame, both resized to 256x256 (bicubic). M-LD: the 20 mouth
+  points (48-67) of each frame centred on their own mean; F-LD: all 68 points centred on their mean; then the
+  mean Euclidean distance between corresponding points. Averaged over the frames of a clip where a face was
+  found on both frames, then over clips (the EAT/MEAD evaluator's `calibrate_lmk` + `ld`). Frames where dlib
+  finds no face on the generated frame are left out of LD and counted in *face found*.
+- **Landmark model LD**: the same distances between the landmark model's predicted landmarks and the
+  dataset's landmarks (dlib on the source video, mapped into the crop), both in pixels of a 256x256 crop;
+  no detection on generated frames is involved.
+- The **reference frame** is each clip's first frame with a face, as stored in the dataset (the face crop,
+  resized to the generation resolution); it is not scored. Every other frame of the clip (or of its first
+  `--max-seconds`) is.
+- **s / generated s**: wall-clock seconds of the pipeline call (landmark model + renderer, scoring time
+  excluded) per second of generated video, on the machine below.
+"""
+
+
+# ---------------------------------------------------------------------- json
+
+
+def _plain(x):
+    """JSON-safe: numpy scalars/arrays to Python, +-inf and NaN to the strings "inf", "-inf", "nan"."""
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        if math.isnan(v):
+            return "nan"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path, obj) -> None:
+    """Write `obj` as strict JSON (no NaN/Infinity literals) through a temporary file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_plain(obj), f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------- formatting
+
+
+def _f(v, digits=2, pct=False):
+    if v is None or (isinstance(v, str)):
+        return "—" if v is None else v
+    if pct:
+        return f"{100 * v:.0f} %"
+    return f"{v:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _quality_cells(s: dict) -> list[str]:
+    return [_f(s.get("psnr")), _f(s.get("ssim"), 3), _f(s.get("m_ld")), _f(s.get("f_ld")),
+            _f(s.get("face_detection_rate"), pct=True)]
+
+
+# ---------------------------------------------------------------------- plots
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_t_start(rows: list[dict], path: Path, title: str) -> None:
+    plt = _plt()
+    ts = [r["t_start"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, key, name in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+        ax.plot(ts, [r.get(key) if r.get(key) is not None else np.nan for r in rows], "o-", label="this run")
+        ax.plot(PAPER_TABLE2["t_start"], PAPER_TABLE2[key], "s--", color="grey", label="paper Table 2")
+        ax.set_xlabel("t_start")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for key, name in (("m_ld", "M-LD"), ("f_ld", "F-LD")):
+        ax.plot(ts, [r.get(key) if r.get(key) is not None else np.nan for r in rows], "o-", label=name)
+    if all(r.get("m_ld") is None for r in rows):
+        ax.text(0.5, 0.5, "no face found on the\ngenerated frames", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+    ax.set_xlabel("t_start")
+    ax.set_ylabel("landmark distance (px @256)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_scheduler(rows: list[dict], path: Path, title: str) -> None:
+    plt = _plt()
+    from matplotlib.ticker import FormatStrFormatter
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    speed = [r.get("seconds_per_generated_second") or np.nan for r in rows]
+    for ax, key, name in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+        vals = [r.get(key) if r.get(key) is not None else np.nan for r in rows]
+        ax.plot(speed, vals, "o")
+        for x, y, r in zip(speed, vals, rows):
+            ax.annotate(f"{r['sampler']}:{r['steps']}", (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.set_xlabel("seconds per generated second (log)")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_confusion(result: dict, path: Path, title: str) -> None:
+    plt = _plt()
+    cm = np.asarray(result["confusion"], dtype=np.float64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(7.2, 5.8), layout="constrained")
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(EMOTIONS)), EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(range(len(EMOTIONS)), [f"{e} ({int(n)})" for e, n in zip(EMOTIONS, rows[:, 0])])
+    for i in range(len(EMOTIONS)):
+        for j in range(len(EMOTIONS)):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (items)")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="recall (row-normalised)")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- report
+
+
+def write_report(out: Path, m: dict) -> list[str]:
+    """Write report.md and the plots into `out`; returns the files written (relative to `out`)."""
+    out = Path(out)
+    files = ["metrics.json", "frames.json", "report.md"]
+    size = m["resolution"]["psnr_ssim"]
+    ld_size = m["resolution"]["landmarks"]
+    pipe = m.get("pipeline")
+    cfg = m["config"]
+    md: list[str] = ["# Evaluation report", ""]
+    if m.get("note"):
+        md += [f"> **{m['note']}**", ""]
+    if m.get("command"):
+        md += ["```", m["command"], "```", ""]
+
+    # setup
+    data = m["data"]
+    setup = [
+        ["pipeline", f"`{pipe['path']}` (sha256 `{(pipe['sha256'] or '')[:16]}`, UNet "
+                     f"{pipe['unet_parameters'] / 1e6:.2f} M parameters)" if pipe else "none (static floor only)"],
+        ["resolution", f"PSNR / SSIM at **{size}x{size}**; LD at {ld_size}x{ld_size}" if ld_size
+         else f"PSNR / SSIM at **{size}x{size}**; LD not computed"],
+        ["data", f"`{data['path']}` split `{data['split']}`: {len(data['clips'])} clips, {data['frames']} frames "
+                 f"({sum(c['seconds'] for c in data['clips']):.1f} s), {data['scored_frames']} scored"],
+        ["sampling", f"{cfg['sampler']} from t_start {cfg['t_start']}, seed {cfg['seed']}, "
+                     f"guidance {cfg['guidance_scale']}, {cfg['dtype']}" if pipe else "—"],
+        ["machine", f"{m['machine'].get('gpu') or m['machine'].get('cpu')} ({m['machine']['device']}, "
+                    f"{m['machine']['cpu_count']} CPUs, torch {m['machine']['torch']} with "
+                    f"{m['machine']['torch_threads']} threads"
+                    + (f", load average {m['machine']['load_average'][0]:.1f} at the start"
+                       if m["machine"].get("load_average") else "") + ")"],
+        ["created", f"{m['created']}, {m.get('seconds', 0):.0f} s"],
+    ]  # fmt: skip
+    if data["skipped"]:
+        setup.append(["skipped clips", ", ".join(f"{s['clip_id']} ({s['reason']})" for s in data["skipped"])])
+    md += ["## Setup", "", _table(["", ""], setup), ""]
+
+    # table 1
+    if m["methods"]:
+        md += ["## Quality (paper Table 1 layout)", ""]
+        rows = []
+        for name, res in m["methods"].items():
+            s = res["summary"]
+            rows.append([res["label"]] + _quality_cells(s) + [_f(s.get("seconds_per_generated_second"), 1)])
+        for p in PAPER_TABLE1:
+            rows.append([f"*paper Table 1: {p['method']}*", _f(p["psnr"]), _f(p["ssim"], 2), _f(p["m_ld"]),
+                         _f(p["f_ld"]), "", ""])
+        md += [_table(["method", "PSNR ↑", "SSIM ↑", "M-LD ↓", "F-LD ↓", "face found", "s / generated s"], rows), ""]
+        md += [f"Our rows: this dataset and split at {size}x{size}. The paper's rows are MEAD M030 under its own "
+               "protocol (resolution, crop, test clips), so they frame the scale; they are not the same "
+               "experiment. *face found*: share of scored generated frames on which dlib found a face "
+               "(LD uses only those).", ""]
+
+    lm = m.get("landmark_model")
+    if lm:
+        md += ["## Landmark model alone", "",
+               _table(["landmarks", "M-LD ↓", "F-LD ↓"], [
+                   ["landmark model (predicted from audio)", _f(lm["model"]["m_ld"]), _f(lm["model"]["f_ld"])],
+                   ["identity landmarks repeated (floor)", _f(lm["identity_floor"]["m_ld"]),
+                    _f(lm["identity_floor"]["f_ld"])],
+               ]), "",
+               f"Against the dataset's landmarks on {lm['frames']} scored frames, pixels of a 256x256 crop.", ""]
+
+    emo = m.get("emotion_classifier")
+    if emo:
+        md += ["## Emotion classifier", ""]
+        if "skipped" in emo:
+            md += [f"Not evaluated: {emo['skipped']}.", ""]
+        else:
+            png = "emotion_confusion.png"
+            plot_confusion(emo, out / png, f"emotion classifier, {emo['n']} utterances, "
+                                           f"accuracy {emo['accuracy']:.3f}")
+            files.append(png)
+            md += [f"`{emo['data']}` split `{emo['split']}` (speakers {', '.join(map(str, emo['speakers']))}): "
+                   f"**accuracy {emo['accuracy']:.3f}** on {emo['n']} utterances, balanced accuracy "
+                   f"{emo['balanced_accuracy']:.3f}, chance (largest class) {emo['chance']:.3f}. "
+                   f"Classifier: {emo.get('classifier')}.", "",
+                   _table(["class", "recall", "items"],
+                          [[e, _f(emo["per_class_recall"][e], 3), emo["support"][e]] for e in EMOTIONS]), "",
+                   f"![confusion matrix]({png})", ""]
+
+    sweeps = m.get("sweeps", {})
+    if "t_start" in sweeps:
+        sw = sweeps["t_start"]
+        png = "t_start_sweep.png"
+        plot_t_start(sw["rows"], out / png, f"t_start sweep ({sw['sampler']}), {size}x{size}")
+        files.append(png)
+        paper = dict(zip(PAPER_TABLE2["t_start"], zip(PAPER_TABLE2["psnr"], PAPER_TABLE2["ssim"])))
+        rows = []
+        for r in sw["rows"]:
+            pp = paper.get(r["t_start"], (None, None))
+            rows.append([r["t_start"]] + _quality_cells(r) + [_f(pp[0]), _f(pp[1], 3)])
+        how = " (ddpm without a step count: one step per timestep, t_start steps)" if sw["sampler"] == "ddpm" else ""
+        md += ["## Ablation: SDEdit start t_start (paper Table 2 layout)", "",
+               f"The `pipeline` method with sampler `{sw['sampler']}`{how}; a sampler with more steps than "
+               "t_start runs one step per timestep.", "",
+               _table(["t_start", "PSNR ↑", "SSIM ↑", "M-LD ↓", "F-LD ↓", "face found", "paper PSNR",
+                       "paper SSIM"], rows), "", f"![t_start sweep]({png})", ""]
+    if "scheduler" in sweeps:
+        sw = sweeps["scheduler"]
+        png = "scheduler_sweep.png"
+        plot_scheduler(sw["rows"], out / png, f"samplers from t_start {sw['t_start']}, {size}x{size}")
+        files.append(png)
+        rows = [[r["sampler"], r["steps"]] + _quality_cells(r) + [_f(r.get("seconds_per_generated_second"), 2)]
+                for r in sw["rows"]]
+        md += ["## Ablation: samplers", "",
+               f"The `pipeline` method from t_start {sw['t_start']}; speed on the machine above (wall clock: "
+               "other load on the machine shows in it). DDIM takes no explicit timesteps: its schedule keeps "
+               "the steps of a full-range schedule that fall below t_start, so its first step can be below "
+               "t_start - 1 (talking_head.schedulers.scheduling_sdedit).", "",
+               _table(["sampler", "steps", "PSNR ↑", "SSIM ↑", "M-LD ↓", "F-LD ↓", "face found",
+                       "s / generated s"], rows), "", f"![sampler sweep]({png})", ""]
+
+    # per clip
+    if m["methods"]:
+        md += ["## Per clip", ""]
+        for name, res in m["methods"].items():
+            rows = [[c["clip_id"], "—" if name == "static" else c["emotion"], c["frames"]] + _quality_cells(c)
+                    + [_f(c.get("seconds_per_generated_second"), 1)] for c in res["clips"]]
+            md += [f"**{res['label']}**", "",
+                   _table(["clip", "emotion", "frames", "PSNR", "SSIM", "M-LD", "F-LD", "face found",
+                           "s / generated s"], rows), ""]
+
+    samples = [(name, c) for name, res in m["methods"].items() for c in res["clips"] if c.get("samples")]
+    if samples:
+        md += ["## Samples", "",
+               "Each panel: generated (upscaled to 256) | ground truth | landmarks on the darkened ground truth "
+               "(green: dataset, red: the landmarks that drove the rendering, yellow: dlib on the generated "
+               "frame). Videos have the clip's audio.", ""]
+        for name, c in samples:
+            vids = [f for f in c["samples"] if f.endswith(".mp4")]
+            imgs = [f for f in c["samples"] if f.endswith(".jpg")]
+            md += [f"- {m['methods'][name]['label']}, `{c['clip_id']}`: " + ", ".join(f"[{v}]({v})" for v in vids)]
+            md += [f"\n  ![{name} {c['clip_id']}]({i})" for i in imgs]
+            files += c["samples"]
+        md += [""]
+
+    if m.get("warnings"):
+        md += ["## Warnings", ""] + [f"- {w}" for w in m["warnings"]] + [""]
+    md += ["## Metric definitions", "", DEFINITIONS]
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    return files
+
+
+def rewrite_report(out) -> list[str]:
+    """Re-write report.md and the plots of a finished run from its metrics.json (no recomputation)."""
+    out = Path(out)
+    with open(out / "metrics.json", encoding="utf-8") as f:
+        m = json.load(f)
+    return write_report(out, m)
+
+
+if __name__ == "__main__":  # python -m talking_head.evaluation.report REPORT_DIR
+    import sys
+
+    for folder in sys.argv[1:]:
+        print("\n".join(rewrite_report(folder)))

@@ -1,0 +1,622 @@
+"""`talking-head evaluate`: every figure of the protocol (DESIGN.md section 5) from one call.
+
+    evaluate(EvalConfig(data="prepared/obama", pipeline="my-pipeline", output="report"))
+
+For every clip of the split (see talking_head.evaluation.clips) and every method:
+
+* static        the reference frame repeated (the floor: what doing nothing scores);
+* pipeline      the pipeline end to end: audio -> landmark model -> renderer;
+* gt_landmarks  the renderer driven by the dataset's ground-truth landmarks instead of
+                the landmark model's (the ceiling of the landmark model);
+
+frames are generated from the clip's audio and reference frame, streamed through a
+ClipScorer (PSNR, SSIM, dlib LD) and, for the first `samples` clips, into
+side-by-side videos. The landmark model is also scored alone (LD of its predicted
+landmarks against the dataset's), next to the identity landmarks repeated. Sweeps
+over the SDEdit start (`t_start_sweep`) and over samplers (`scheduler_sweep`) run
+the `pipeline` method with each setting. The emotion classifier is scored on the
+labelled audio of `emotion_data` (or of `data`). Everything lands in
+`output/metrics.json` and `output/report.md` (talking_head.evaluation.report).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from talking_head.constants import EMOTIONS, SAMPLE_RATE
+from talking_head.evaluation.clips import EvalClip, load_clips
+from talking_head.evaluation.metrics import LD_SIZE, landmark_distance
+from talking_head.evaluation.scoring import ClipScorer, GroundTruthLandmarks, LandmarkDetector, combine, identity_crop
+
+METHODS = ("static", "pipeline", "gt_landmarks")
+METHOD_LABELS = {
+    "static": "static reference frame (floor)",
+    "pipeline": "pipeline (predicted landmarks)",
+    "gt_landmarks": "ground-truth landmarks (ceiling of the landmark model)",
+}
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm": 25}
+FORMAT = "talking-head-evaluation"
+VERSION = 1
+
+
+@dataclass
+class EvalConfig:
+    data: str
+    pipeline: str | None = None
+    output: str = "evaluation-report"
+    split: str = "test"
+    methods: tuple = METHODS
+    max_clips: int | None = None
+    max_seconds: float | None = None
+    sampler: str = "ddpm"  # name[:steps] for the method rows and the t_start sweep
+    t_start: int = 300  # SDEdit start of the method rows and the sampler sweep
+    t_start_sweep: tuple = ()
+    scheduler_sweep: tuple = ()  # "name[:steps]" each
+    seed: int = 0
+    device: str | None = None
+    dtype: str = "float32"
+    emotion: str = "auto"  # auto | classifier | an emotion name
+    guidance_scale: float = 1.0
+    emotion_data: str | None = None
+    emotion_split: str | None = None  # default: split
+    emotion_classifier: str | None = None  # a classifier checkpoint instead of the pipeline's
+    samples: int = 2
+    resolution: int | None = None  # only without a pipeline (static floor alone)
+    landmarks: bool = True
+    note: str | None = None
+    quiet: bool = False
+    command: str | None = None
+
+
+def parse_sampler(spec: str) -> tuple[str, int | None]:
+    """"dpm:25" -> ("dpm", 25); "ddpm" -> ("ddpm", None = one step per timestep)."""
+    from talking_head.schedulers.scheduling_sdedit import SCHEDULERS
+
+    name, _, steps = str(spec).strip().lower().partition(":")
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown sampler {spec!r}; expected NAME[:STEPS] with NAME one of {', '.join(SCHEDULERS)}")
+    if not steps:
+        return name, DEFAULT_STEPS[name]
+    try:
+        n = int(steps)
+    except ValueError:
+        raise ValueError(f"sampler {spec!r}: steps must be a whole number") from None
+    if n < 1:
+        raise ValueError(f"sampler {spec!r}: steps must be >= 1")
+    return name, n
+
+
+def config_to_command(cfg: EvalConfig) -> str:
+    """The `talking-head evaluate ...` command line that reruns `cfg` (options at their default left out)."""
+    import shlex
+
+    default = EvalConfig(data=cfg.data)
+    opts = [("--pipeline", cfg.pipeline, None), ("--data", cfg.data, ""), ("--split", cfg.split, default.split),
+            ("--output", cfg.output, None), ("--methods", ",".join(cfg.methods), ",".join(default.methods)),
+            ("--max-clips", cfg.max_clips, None), ("--max-seconds", cfg.max_seconds, None),
+            ("--sampler", cfg.sampler, default.sampler), ("--base-t-start", cfg.t_start, default.t_start),
+            ("--t-start", ",".join(map(str, cfg.t_start_sweep)), ""),
+            ("--scheduler", ",".join(cfg.scheduler_sweep), ""), ("--emotion", cfg.emotion, default.emotion),
+            ("--guidance-scale", cfg.guidance_scale, default.guidance_scale),
+            ("--emotion-data", cfg.emotion_data, None), ("--emotion-split", cfg.emotion_split, None),
+            ("--emotion-classifier", cfg.emotion_classifier, None), ("--samples", cfg.samples, default.samples),
+            ("--resolution", cfg.resolution, None), ("--seed", cfg.seed, default.seed),
+            ("--device", cfg.device, None), ("--dtype", cfg.dtype, default.dtype), ("--note", cfg.note, None)]
+    words = ["talking-head", "evaluate"]
+    for flag, value, dflt in opts:
+        if value is not None and value != dflt:
+            words += [flag, str(value)]
+    if not cfg.landmarks:
+        words.append("--no-landmarks")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def effective_steps(steps: int | None, t_start: int) -> int:
+    """Denoising steps actually run from t_start (sdedit_timesteps: at most one per timestep)."""
+    return t_start if steps is None else min(int(steps), int(t_start))
+
+
+def sampler_label(name: str, steps: int | None, t_start: int) -> str:
+    return f"{name}:{effective_steps(steps, t_start)}"
+
+
+# ---------------------------------------------------------------------- environment
+
+
+def sha256_dir(path) -> str:
+    """SHA-256 over a directory's files (relative path + content, sorted): the pipeline's identity."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def sha256_file(path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    try:
+        import diffusers
+        import skimage
+
+        info["diffusers"] = diffusers.__version__
+        info["scikit_image"] = skimage.__version__
+    except ImportError:
+        pass
+    try:
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+# ---------------------------------------------------------------------- the run
+
+
+class Evaluation:
+    """One evaluation run (see the module docstring); `run()` returns the metrics dict."""
+
+    def __init__(self, config: EvalConfig, pipe=None):
+        self.cfg = config
+        self.pipe = pipe
+        self.out = Path(config.output)
+        self.log_lines: list[str] = []
+        self.metrics: dict = {}
+        self.warnings: list[str] = []
+
+    def log(self, text: str) -> None:
+        self.log_lines.append(text)
+        if not self.cfg.quiet:
+            print(f"[evaluate] {text}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ setup
+    def _check_config(self):
+        cfg = self.cfg
+        unknown = [m for m in cfg.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
+        if not cfg.methods and not cfg.t_start_sweep and not cfg.scheduler_sweep and cfg.emotion_data is None:
+            raise ValueError("nothing to evaluate: no methods, sweeps or emotion data")
+        needs_pipe = any(m != "static" for m in cfg.methods) or cfg.t_start_sweep or cfg.scheduler_sweep
+        if needs_pipe and cfg.pipeline is None and self.pipe is None:
+            raise ValueError("--pipeline is required for the pipeline / gt_landmarks rows and the sweeps "
+                             "(only --methods static runs without one)")
+        if cfg.max_seconds is not None and not cfg.max_seconds > 0:
+            raise ValueError(f"--max-seconds must be > 0, got {cfg.max_seconds}")
+        if cfg.max_clips is not None and cfg.max_clips < 1:
+            raise ValueError(f"--max-clips must be >= 1, got {cfg.max_clips}")
+        if cfg.samples < 0:
+            raise ValueError(f"--samples must be >= 0, got {cfg.samples}")
+        if cfg.emotion not in ("auto", "classifier") and cfg.emotion not in EMOTIONS:
+            raise ValueError(f"--emotion must be auto, classifier or one of {', '.join(EMOTIONS)}; got {cfg.emotion!r}")
+        from talking_head.schedulers.scheduling_sdedit import validate_t_start
+
+        for t in (cfg.t_start, *cfg.t_start_sweep):
+            validate_t_start(t)
+        self.sampler = parse_sampler(cfg.sampler)
+        self.sweep_samplers = [parse_sampler(s) for s in cfg.scheduler_sweep]
+
+    def _load_pipeline(self):
+        import torch
+
+        cfg = self.cfg
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"--device {device!r} is not a torch device") from None
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda asked for, but torch sees no CUDA GPU")
+        self.device = device
+        if cfg.dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"--dtype must be float32, float16 or bfloat16, got {cfg.dtype!r}")
+        self.pipeline_info = None
+        if self.pipe is None and cfg.pipeline is not None:
+            from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
+
+            self.pipe = TalkingHeadPipeline.from_pretrained(cfg.pipeline)
+        if self.pipe is not None:
+            pipe = self.pipe
+            pipe.set_progress_bar_config(disable=True)
+            dtype = getattr(torch, cfg.dtype)
+            if pipe.unet.dtype != dtype:
+                pipe.to(device=device, dtype=dtype)
+            else:
+                pipe.to(device)
+            self.pipe = pipe
+            self.base_scheduler = pipe.scheduler
+            comps = {k: type(v).__name__ for k, v in pipe.components.items() if v is not None}
+            self.pipeline_info = {
+                "path": str(Path(cfg.pipeline).resolve()) if cfg.pipeline else None,
+                "sha256": sha256_dir(cfg.pipeline) if cfg.pipeline else None,
+                "sample_size": pipe.sample_size,
+                "components": comps,
+                "clip_frames": pipe.config.clip_frames,
+                "clip_overlap": pipe.config.clip_overlap,
+                "unet_parameters": int(sum(p.numel() for p in pipe.unet.parameters())),
+                "prediction_type": pipe.scheduler.config.get("prediction_type"),
+            }
+            if cfg.resolution is not None and cfg.resolution != pipe.sample_size:
+                raise ValueError(f"--resolution {cfg.resolution} differs from the pipeline's {pipe.sample_size}: "
+                                 "frames are scored at the pipeline's resolution")
+            self.size = pipe.sample_size
+        else:
+            self.size = int(cfg.resolution or self.clips[0].size)
+        if self.size < 7:
+            raise ValueError(f"resolution {self.size} is too small to score (SSIM needs 7x7)")
+
+    def _emotion_for(self, clip: EvalClip) -> tuple[str, str]:
+        """(emotion name used to generate the clip, where it came from)."""
+        mode = self.cfg.emotion
+        if mode in EMOTIONS:
+            return mode, "given"
+        if mode == "auto" and clip.emotion is not None:
+            return clip.emotion, "label"
+        if self.pipe is not None and self.pipe.emotion_classifier is not None:
+            probs = self.pipe.classify_emotion([clip.audio])
+            return EMOTIONS[int(probs[0].argmax())], "classifier"
+        if mode == "classifier":
+            raise ValueError("--emotion classifier: the pipeline has no emotion classifier")
+        return "neutral", "default (no label, no classifier)"
+
+    # ------------------------------------------------------------------ landmark model
+    def _predicted_landmarks(self, clip: EvalClip) -> np.ndarray:
+        """(F, 68, 2) the landmark model's prediction for the clip, in pixels of a 256x256 crop."""
+        import torch
+
+        from talking_head.constants import emotion_to_id
+
+        pipe = self.pipe
+        wave = torch.from_numpy(clip.audio)[None]
+        ident = torch.from_numpy(clip.reference_landmarks / float(clip.size))[None].float()
+        labels = torch.tensor([emotion_to_id(self.emotions[clip.clip_id][0])])
+        pred = pipe.predict_landmarks(wave, ident, clip.num_frames, clip.fps, labels)[0].numpy()
+        return (pred * LD_SIZE).astype(np.float32)
+
+    def _evaluate_landmark_model(self) -> dict:
+        rows, floor_rows = [], []
+        for clip in self.clips:
+            gt = clip.landmarks * (LD_SIZE / clip.size)
+            keep = [i for i in clip.scored_indices if clip.landmark_valid[i]]
+            pred = self.predicted[clip.clip_id]
+            ident = np.broadcast_to(clip.reference_landmarks * (LD_SIZE / clip.size), gt.shape)
+            for name, points, out in (("model", pred, rows), ("floor", ident, floor_rows)):
+                m = landmark_distance(points[keep], gt[keep], "mouth") if keep else np.zeros(0)
+                f = landmark_distance(points[keep], gt[keep], "face") if keep else np.zeros(0)
+                out.append({"clip_id": clip.clip_id, "frames": len(keep),
+                            "m_ld": float(np.mean(m)) if len(keep) else None,
+                            "f_ld": float(np.mean(f)) if len(keep) else None})
+
+        def mean(rs, key):
+            v = [r[key] for r in rs if r[key] is not None]
+            return float(np.mean(v)) if v else None
+
+        return {
+            "model": {"m_ld": mean(rows, "m_ld"), "f_ld": mean(rows, "f_ld"), "clips": rows},
+            "identity_floor": {"m_ld": mean(floor_rows, "m_ld"), "f_ld": mean(floor_rows, "f_ld"),
+                               "clips": floor_rows},
+            "frames": int(sum(r["frames"] for r in rows)),
+        }
+
+    # ------------------------------------------------------------------ methods
+    def _set_sampler(self, name: str):
+        from talking_head.schedulers.scheduling_sdedit import scheduler_from_name
+
+        self.pipe.scheduler = scheduler_from_name(name, self.base_scheduler)
+
+    def _sample_writer(self, method: str, clip: EvalClip):
+        """(panel callback, finish()) writing samples/<method>/<clip>.mp4 and a 3-frame .jpg strip."""
+        from talking_head.video import VideoWriter
+
+        folder = self.out / "samples" / method
+        folder.mkdir(parents=True, exist_ok=True)
+        writer = VideoWriter(folder / f"{clip.clip_id}.mp4", fps=clip.fps, audio=clip.audio, crf=28)
+        picks = sorted({int(round(x)) for x in np.linspace(0, clip.num_frames - 1, 3 + 2)[1:-1]})
+        strip = []
+        state = {"i": 0}
+
+        def write(panel):
+            writer.write(panel)
+            if state["i"] in picks:
+                strip.append(panel)
+            state["i"] += 1
+
+        def finish(ok: bool):
+            if not ok:
+                writer._abort()
+                return []
+            writer.close()
+            os.chmod(folder / f"{clip.clip_id}.mp4", 0o644)
+            files = [str((folder / f"{clip.clip_id}.mp4").relative_to(self.out))]
+            if strip:
+                import PIL.Image
+
+                jpg = folder / f"{clip.clip_id}.jpg"
+                PIL.Image.fromarray(np.concatenate(strip, axis=0)).save(jpg, quality=88)
+                files.append(str(jpg.relative_to(self.out)))
+            return files
+
+        return write, finish
+
+    def run_method(self, method: str, t_start: int, sampler: tuple[str, int | None], samples: int = 0) -> dict:
+        """Generate and score every clip with one method and setting; returns {"summary", "clips"}."""
+        import torch
+
+        clip_results = []
+        total_gen, total_seconds = 0.0, 0.0
+        name, steps = sampler
+        if method != "static":
+            self._set_sampler(name)
+        for k, clip in enumerate(self.clips):
+            driving = None
+            if method == "pipeline":
+                driving = self.predicted.get(clip.clip_id)
+            elif method == "gt_landmarks":
+                driving = clip.filled_landmarks() * (LD_SIZE / clip.size)
+            elif method == "static":
+                driving = np.broadcast_to(clip.reference_landmarks * (LD_SIZE / clip.size),
+                                          (clip.num_frames, 68, 2))
+            panel, finish = (None, None)
+            if k < samples:
+                panel, finish = self._sample_writer(method, clip)
+            scorer = ClipScorer(clip, self.size, self.gt_cache, self.detector, driving=driving, panel_writer=panel)
+            ok = False
+            try:
+                started = time.perf_counter()
+                if method == "static":
+                    frame = identity_crop(clip.reference, self.size)
+                    pts = self.detector(frame) if self.detector is not None else None
+                    for _ in range(clip.num_frames):
+                        scorer.add(frame, generated_landmarks=pts)
+                    gen_time = 0.0
+                else:
+                    pipe = self.pipe
+                    given = None
+                    if method == "gt_landmarks":
+                        given = clip.filled_landmarks() * (self.size / clip.size)
+                    generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed + k)
+                    kwargs = dict(sample_rate=SAMPLE_RATE, identity_landmarks=clip.reference_landmarks,
+                                  emotion=self.emotions[clip.clip_id][0], t_start=t_start,
+                                  num_inference_steps=steps, guidance_scale=self.cfg.guidance_scale,
+                                  fps=clip.fps, generator=generator, output_type=None, frames_callback=scorer)
+                    out = pipe(clip.audio, clip.reference, landmarks=given, crop_face=False, **kwargs)
+                    gen_time = time.perf_counter() - started - scorer.busy
+                    if method == "pipeline" and driving is not None:
+                        diff = float(np.abs(out.landmarks[0] * (LD_SIZE / self.size) - driving).max())
+                        if diff > 1e-2:
+                            self.warnings.append(f"{clip.clip_id}: the pipeline's landmarks differ from the "
+                                                 f"separately computed prediction by up to {diff:.3g} px")
+                summary = scorer.summary()
+                ok = True
+            finally:
+                files = finish(ok) if finish is not None else []
+            summary["generation_seconds"] = gen_time
+            summary["seconds_per_generated_second"] = gen_time / clip.seconds if method != "static" else None
+            total_gen += gen_time
+            total_seconds += clip.seconds
+            clip_results.append({"clip_id": clip.clip_id, "emotion": self.emotions[clip.clip_id][0],
+                                 "summary": summary, "rows": scorer.rows, "samples": files})
+        with_ld = self.detector is not None
+        summary = combine(clip_results, self.size, with_ld)
+        summary["generated_seconds"] = total_seconds
+        summary["generation_seconds"] = total_gen
+        summary["seconds_per_generated_second"] = total_gen / total_seconds if method != "static" else None
+        if method != "static":
+            summary["sampler"] = sampler_label(name, steps, t_start)
+            summary["t_start"] = t_start
+        return {"summary": summary,
+                "clips": [{"clip_id": c["clip_id"], "emotion": c["emotion"], **c["summary"], "samples": c["samples"]}
+                          for c in clip_results],
+                "frames": {c["clip_id"]: c["rows"] for c in clip_results}}
+
+    # ------------------------------------------------------------------ emotion
+    def _evaluate_emotion(self):
+        cfg = self.cfg
+        model = extractor = None
+        source = None
+        if cfg.emotion_classifier is not None:
+            from talking_head.models.emotion_classifier import build_emotion_feature_extractor, load_emotion_classifier
+
+            model, extractor = load_emotion_classifier(cfg.emotion_classifier), build_emotion_feature_extractor()
+            source = str(Path(cfg.emotion_classifier).resolve())
+        elif self.pipe is not None and self.pipe.emotion_classifier is not None:
+            model, extractor, source = self.pipe.emotion_classifier, self.pipe.feature_extractor, "pipeline"
+        if model is None:
+            return {"skipped": "no emotion classifier (the pipeline has none and --emotion-classifier was not given)"}
+        root = cfg.emotion_data or cfg.data
+        split = cfg.emotion_split or cfg.split
+        try:
+            result = evaluate_emotion(model, extractor, root, split)
+        except ValueError as err:
+            if cfg.emotion_data is None:  # the video set simply has no emotion labels
+                return {"skipped": f"no emotion-labelled {split!r} audio in {root} (pass --emotion-data)"}
+            raise
+        result["classifier"] = source
+        return result
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> dict:
+        from talking_head.evaluation.report import PAPER_TABLE1, PAPER_TABLE2, write_report, write_json
+
+        cfg = self.cfg
+        started = time.perf_counter()
+        self._check_config()
+        self.clips, skipped = load_clips(cfg.data, cfg.split, cfg.max_clips, cfg.max_seconds)
+        self._load_pipeline()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.detector = None
+        if cfg.landmarks:
+            try:
+                self.detector = LandmarkDetector()
+            except ImportError as err:
+                self.warnings.append(f"landmark distances skipped: {err}")
+        self.gt_cache = GroundTruthLandmarks(self.detector)
+        n_frames = sum(c.num_frames for c in self.clips)
+        self.log(f"{len(self.clips)} {cfg.split} clips, {n_frames} frames "
+                 f"({sum(c.seconds for c in self.clips):.1f} s) of {cfg.data}; scoring at {self.size}x{self.size}")
+
+        self.emotions = {c.clip_id: self._emotion_for(c) for c in self.clips}
+        m = self.metrics
+        m.update({
+            "format": FORMAT, "version": VERSION,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": cfg.command or config_to_command(cfg), "note": cfg.note,
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
+                       if k not in ("command", "quiet")},
+            "pipeline": self.pipeline_info,
+            "data": {"path": str(Path(cfg.data).resolve()), "split": cfg.split,
+                     "manifest_sha256": sha256_file(Path(cfg.data) / "manifest.jsonl"),
+                     "clips": [{"clip_id": c.clip_id, "frames": c.num_frames, "of_frames": int(c.row["num_frames"]),
+                                "fps": c.fps, "seconds": c.seconds, "reference_frame": c.reference_index,
+                                "emotion": self.emotions[c.clip_id][0], "emotion_source": self.emotions[c.clip_id][1]}
+                               for c in self.clips],
+                     "skipped": [{"clip_id": c, "reason": w} for c, w in skipped],
+                     "frames": n_frames, "scored_frames": sum(len(c.scored_indices) for c in self.clips)},
+            "resolution": {"psnr_ssim": self.size, "landmarks": LD_SIZE if self.detector else None},
+            "machine": machine_info(getattr(self, "device", "cpu")),
+            "methods": {}, "landmark_model": None, "emotion_classifier": None,
+            "sweeps": {}, "paper": {"table1": PAPER_TABLE1, "table2": PAPER_TABLE2},
+            "warnings": self.warnings,
+        })  # fmt: skip
+        frames_out: dict = {}
+
+        def save():
+            m["seconds"] = time.perf_counter() - started
+            write_json(self.out / "metrics.json", m)
+            write_json(self.out / "frames.json", frames_out)
+
+        self.predicted = {}
+        if self.pipe is not None:
+            t0 = time.perf_counter()
+            self.predicted = {c.clip_id: self._predicted_landmarks(c) for c in self.clips}
+            m["landmark_model"] = self._evaluate_landmark_model()
+            m["landmark_model"]["seconds"] = time.perf_counter() - t0
+            lm = m["landmark_model"]
+            self.log(f"landmark model: M-LD {_fmt(lm['model']['m_ld'])} F-LD {_fmt(lm['model']['f_ld'])} "
+                     f"(identity repeated: {_fmt(lm['identity_floor']['m_ld'])} / {_fmt(lm['identity_floor']['f_ld'])})")
+            save()
+
+        runs: dict = {}
+
+        def run_once(method, t, sampler, samples=0):
+            """Each (method, t_start, sampler) setting runs once; a sweep row equal to a method row reuses it."""
+            name, steps = sampler
+            key = f"{method} t_start={t} sampler={sampler_label(name, steps, t)}" if method != "static" else method
+            if key not in runs:
+                res = self.run_method(method, int(t), sampler, samples=samples)
+                frames_out[key] = res.pop("frames")
+                runs[key] = res
+            else:
+                self.log(f"{key}: same setting as above, reused")
+            return {"summary": dict(runs[key]["summary"]), "clips": runs[key]["clips"], "run": key}
+
+        for method in cfg.methods:
+            self.log(f"{method}: {len(self.clips)} clips ...")
+            res = run_once(method, cfg.t_start, self.sampler, samples=cfg.samples)
+            res["label"] = METHOD_LABELS[method]
+            m["methods"][method] = res
+            self.log(f"{method}: " + _summary_line(res["summary"]))
+            save()
+
+        if cfg.t_start_sweep:
+            rows = []
+            for t in cfg.t_start_sweep:
+                res = run_once("pipeline", int(t), self.sampler)
+                rows.append({**res["summary"], "t_start": int(t), "clips": res["clips"], "run": res["run"]})
+                self.log(f"t_start {t}: " + _summary_line(res["summary"]))
+                m["sweeps"]["t_start"] = {"sampler": cfg.sampler, "rows": rows}
+                save()
+        if self.sweep_samplers:
+            rows = []
+            for spec, (name, steps) in zip(cfg.scheduler_sweep, self.sweep_samplers):
+                res = run_once("pipeline", cfg.t_start, (name, steps))
+                rows.append({**res["summary"], "sampler": name, "steps": effective_steps(steps, cfg.t_start),
+                             "clips": res["clips"], "run": res["run"]})
+                self.log(f"sampler {spec}: " + _summary_line(res["summary"]))
+                m["sweeps"]["scheduler"] = {"t_start": cfg.t_start, "rows": rows}
+                save()
+        if self.pipe is not None:
+            self.pipe.scheduler = self.base_scheduler
+
+        if cfg.emotion_data is not None or cfg.emotion_classifier is not None or self.pipe is not None:
+            m["emotion_classifier"] = self._evaluate_emotion()
+            if "accuracy" in m["emotion_classifier"]:
+                e = m["emotion_classifier"]
+                self.log(f"emotion classifier: accuracy {e['accuracy']:.3f} on {e['n']} utterances")
+        if self.detector is not None:
+            m["landmark_detection"] = {"calls": self.detector.calls, "seconds": self.detector.seconds}
+        save()
+        m["files"] = write_report(self.out, m)
+        save()
+        self.log(f"wrote {self.out / 'report.md'} and {self.out / 'metrics.json'} in {m['seconds']:.0f} s")
+        return m
+
+
+def evaluate_emotion(model, extractor, root, split):
+    from talking_head.evaluation.emotion import evaluate_emotion_classifier
+
+    return evaluate_emotion_classifier(model, extractor, root, split)
+
+
+def _fmt(v, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _summary_line(s: dict) -> str:
+    parts = [f"PSNR {_fmt(s.get('psnr'))}", f"SSIM {_fmt(s.get('ssim'), 3)}"]
+    if "m_ld" in s:
+        parts += [f"M-LD {_fmt(s.get('m_ld'))}", f"F-LD {_fmt(s.get('f_ld'))}",
+                  f"face found {_fmt(100 * s['face_detection_rate'] if s.get('face_detection_rate') is not None else None, 0)}%"]
+    if s.get("seconds_per_generated_second") is not None:
+        parts.append(f"{s['seconds_per_generated_second']:.1f} s per generated s")
+    return ", ".join(parts)
+
+
+def evaluate(config: EvalConfig | None = None, pipe=None, **kwargs) -> dict:
+    """Run the evaluation; `EvalConfig` fields as keyword arguments, or a config. Returns metrics.json's content."""
+    if config is None:
+        config = EvalConfig(**kwargs)
+    elif kwargs:
+        raise ValueError("give either a config or keyword arguments, not both")
+    return Evaluation(config, pipe=pipe).run()
