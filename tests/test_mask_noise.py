@@ -9,16 +9,6 @@ from talking_head.constants import NUM_LANDMARKS
 from talking_head.models.mask_noise import GaussianMaskNoise, MaskNoiseOutput
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tensors here are tiny: a second intra-op thread only adds synchronisation, and on a busy 2-core machine
-    # it makes these tests several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 B, C, F, H, W = 2, 3, 2, 32, 32
 SMALL = dict(kernel_size=7, sigma=1.5, threshold=0.1)  # window half-size 3 px; blobs fit 32×32 frames
 

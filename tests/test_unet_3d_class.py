@@ -9,16 +9,6 @@ from talking_head.constants import NULL_EMOTION, NUM_EMOTIONS
 from talking_head.models.unet_3d_class import ClassConditionedUNet3DModel, UNet3DClassOutput
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tensors here are tiny: a second intra-op thread only adds synchronisation, and on a busy 2-core machine
-    # it makes these tests several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY = dict(sample_size=16, in_channels=4, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
             norm_num_groups=4)
 
