@@ -35,7 +35,8 @@ def run_one(seconds: float, steps: int, size: int) -> dict:
     from talking_head.schedulers import scheduler_from_name
     from talking_head.video import VideoWriter
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    # OMP_NUM_THREADS, when set, caps the threads (e.g. 1 on a machine shared with training jobs).
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
     speech = load_audio(REPO / "assets" / "speech_demo.wav")
     reps = int(np.ceil(seconds * 16000 / len(speech)))
     audio = np.tile(speech, reps)[: int(seconds * 16000)]
@@ -73,7 +74,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(**json.loads(args.one))))
         return
-    print(f"machine: {platform.node()}, {os.cpu_count()} cores; tiny preset {args.size}², DPM-Solver {args.steps} step(s)")
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count()
+    print(f"machine: {platform.node()}, {os.cpu_count()} cores, {threads} thread(s); tiny preset {args.size}², DPM-Solver {args.steps} step(s)")
     print(f"{'audio s':>8} {'frames':>7} {'wall s':>8} {'peak RSS MB':>12} {'x of first':>10} {'MP4 MB':>7}")
     first = None
     for seconds in [float(s) for s in args.seconds.split(",")]:

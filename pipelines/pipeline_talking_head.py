@@ -18,6 +18,10 @@ so memory stays bounded and there is no seam.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +68,104 @@ class TalkingHeadPipelineOutput(BaseOutput):
 
 def _as_list(x):
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+# Highest frame rate accepted: far above any video rate, below which the frame count stays
+# proportional to the audio (fps=1e6 on a short clip would allocate gigabytes of landmarks).
+MAX_FPS = 120.0
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+# ------------------------------------------------------------- saved-pipeline checks
+def _read_json_object(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file} is not a readable JSON file: {err}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} must hold a JSON object, got a {type(data).__name__}")
+    return data
+
+
+def _same_kind(value, default) -> bool:
+    """Whether a config value has the JSON type of the parameter's default (ints for ints, lists for tuples)."""
+    if value is None or default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return _is_number(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            return False
+        kinds = {type(d) for d in default}
+        return len(kinds) != 1 or all(_same_kind(v, default[0]) for v in value)
+    return True
+
+
+def _kind(default) -> str:
+    """'an integer', 'a list of integers', ...: what a config value like `default` is called."""
+    names = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+             str: ("a string", "strings")}
+    if isinstance(default, (list, tuple)):
+        return "a list" + (f" of {names[type(default[0])][1]}" if default and type(default[0]) in names else "")
+    return names.get(type(default), (f"a {type(default).__name__}",))[0]
+
+
+def _check_config_types(file: Path, cls) -> None:
+    """Refuse a component config whose values do not have the types of the class's defaults.
+
+    A hand-edited config ("in_channels": "7", "block_out_channels": "abc") would otherwise fail
+    deep inside the model's constructor with a message that names neither the file nor the key.
+    """
+    config = _read_json_object(file)
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in config.items():
+        param = params.get(key)
+        if key.startswith("_") or param is None or param.default is inspect.Parameter.empty:
+            continue
+        if not _same_kind(value, param.default):
+            raise ValueError(f"{file}: {key} must be {_kind(param.default)} (default {param.default!r}), "
+                             f"got {value!r}")
+
+
+def _check_safetensors(file: Path) -> list[str]:
+    """The tensor names of a safetensors file, or a ValueError if it is cut short or not safetensors."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+            if n < 2 or 8 + n > size:
+                raise ValueError("its header is cut short")
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except ValueError as err:
+        raise ValueError(f"weights file {file} is not a complete safetensors file ({size} bytes): {err}") from None
+    except (KeyError, TypeError, IndexError, AttributeError):
+        raise ValueError(f"weights file {file} is not a safetensors file: its header is malformed") from None
+    if 8 + n + end > size:
+        raise ValueError(f"weights file {file} is truncated: it has {size} bytes, its header describes {8 + n + end}"
+                         " (an interrupted copy or save?)")
+    return [k for k in header if k != "__metadata__"]
+
+
+def _component_class(library, class_name):
+    """The class a model_index.json entry names, for the project's and diffusers' components only."""
+    if not (isinstance(library, str) and isinstance(class_name, str)):
+        return None
+    if library != "diffusers" and not library.startswith("talking_head."):
+        return None  # transformers components check their own configs
+    try:
+        return getattr(importlib.import_module(library), class_name, None)
+    except ImportError:
+        return None
 
 
 class TalkingHeadPipeline(DiffusionPipeline):
@@ -142,15 +244,40 @@ class TalkingHeadPipeline(DiffusionPipeline):
             raise ValueError(f"pipeline path {path} is a file, expected a directory made by save_pretrained")
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{path} is not a pipeline directory: it has no model_index.json")
-        for name in ("unet", "scheduler", "landmark_model", "mask_noise"):
-            if not (path / name).is_dir():
+        index = _read_json_object(path / "model_index.json")
+        listed = {k: v for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is not None}
+        weights = {}
+        for name in sorted({"unet", "scheduler", "landmark_model", "mask_noise"} | set(listed)):
+            folder = path / name
+            if not folder.is_dir():
                 raise ValueError(f"pipeline directory {path} is incomplete: the {name!r} folder is missing")
+            component = _component_class(*listed.get(name, (None, None)))
+            config_name = getattr(component, "config_name", None)
+            if config_name and (folder / config_name).is_file():
+                _check_config_types(folder / config_name, component)
+            files = sorted(folder.glob("*.safetensors"))
+            if files:
+                weights[name] = {key for file in files for key in _check_safetensors(file)}
+        kwargs.setdefault("use_safetensors", True)  # never unpickle a .bin
         try:
-            return super().from_pretrained(path, **kwargs)
+            pipe = super().from_pretrained(path, **kwargs)
         except FileNotFoundError:
             raise
-        except Exception as err:  # mismatched shapes, truncated safetensors, broken configs
+        except Exception as err:  # mismatched shapes, broken configs, missing weight files
             raise ValueError(f"pipeline directory {path} could not be loaded: {err}") from err
+        for name, keys in weights.items():  # diffusers fills tensors missing from a file with random values
+            module = getattr(pipe, name, None)
+            if not isinstance(module, torch.nn.Module):
+                continue
+            missing = sorted(set(module.state_dict()) - keys)
+            if missing:
+                raise ValueError(f"pipeline directory {path}: the {name} weights lack {len(missing)} of its "
+                                 f"{len(module.state_dict())} tensors (e.g. {missing[0]!r}); they do not match "
+                                 f"{name}'s config")
+            if not all(torch.isfinite(p).all() for p in module.parameters()):
+                raise ValueError(f"pipeline directory {path}: the {name} weights contain NaN or infinite values "
+                                 "(saved from a diverged training run?)")
+        return pipe
 
     # ----------------------------------------------------------------- inputs
     @property
@@ -208,10 +335,11 @@ class TalkingHeadPipeline(DiffusionPipeline):
                                                 or int(num_inference_steps) != num_inference_steps
                                                 or num_inference_steps < 1):
             raise ValueError(f"num_inference_steps must be a whole number >= 1, got {num_inference_steps!r}")
-        if not (np.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite number >= 0 (<= 1 = no guidance), got {guidance_scale}")
-        if not (np.isfinite(fps) and fps > 0):
-            raise ValueError(f"fps must be > 0, got {fps}")
+        if not (_is_number(guidance_scale) and math.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0 (<= 1 = no guidance), "
+                             f"got {guidance_scale!r}")
+        if not (_is_number(fps) and 0 < fps <= MAX_FPS):
+            raise ValueError(f"fps must be a number > 0 and <= {MAX_FPS:g}, got {fps!r}")
         if sample_rate is not None and not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
             raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
         if callback_on_step_end_tensor_inputs is not None and not set(callback_on_step_end_tensor_inputs) <= set(
@@ -376,9 +504,10 @@ class TalkingHeadPipeline(DiffusionPipeline):
         waves = [load_audio(a, sample_rate=sample_rate, name="audio") for a in _as_list(audio)]
         batch = len(waves)
         counts = []
-        for w in waves:
+        for a, w in zip(_as_list(audio), waves):
             if len(w) < SAMPLE_RATE / fps:
-                raise ValueError(f"audio is {len(w) / SAMPLE_RATE:.3f} s long, shorter than one frame "
+                what = f"audio file {a}" if isinstance(a, (str, os.PathLike)) else "audio"
+                raise ValueError(f"{what} is {len(w) / SAMPLE_RATE:.3f} s long, shorter than one frame "
                                  f"({1 / fps:.3f} s at {fps:g} fps)")
             counts.append(max(1, int(round(len(w) / SAMPLE_RATE * fps))))
         if len(set(counts)) != 1:

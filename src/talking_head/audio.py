@@ -143,6 +143,8 @@ def _short_reason(stderr: str) -> str:
     lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", ln).strip() for ln in stderr.splitlines()]
     lines = [ln.removeprefix("Error opening input: ") for ln in lines if ln]
     specific = [ln for ln in lines if not ln.startswith("Error opening input")]
+    if any("moov atom not found" in ln for ln in lines):  # an MP4/MOV cut short: its index is missing
+        return "the file is truncated or incomplete (moov atom not found)"
     if not (specific or lines):
         return "ffmpeg gave no reason"
     return (specific or lines)[-1][:200]
@@ -250,8 +252,10 @@ def load_audio(
     name: how the input is called in error messages.
     """
     target_rate = _check_rate(target_rate, "target_rate")
+    where = ""  # " file PATH" for a file input, so every error names the file
     if isinstance(audio, (str, os.PathLike)):
         p = _check_file(audio, name, "an audio file")
+        where = f" file {p}"
         if p.stat().st_size == 0:
             raise ValueError(f"{name} file {p} could not be decoded: the file is empty (0 bytes)")
         decoded = _decode_soundfile(p)
@@ -294,9 +298,9 @@ def load_audio(
                 )
             x = resample(x, rate, target_rate)
     if x.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise ValueError(f"{name} is empty" + (f": {p} holds no audio samples" if where else ""))
     if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite samples")
+        raise ValueError(f"{name}{where} contains NaN or infinite samples")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 

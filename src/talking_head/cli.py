@@ -26,6 +26,13 @@ class UsageError(Exception):
     """A problem with what the user asked for, reported in one line."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse answering a bad argument with one line, not the whole usage (subcommands inherit it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _assets_dir() -> Path:
     from importlib.resources import files
 
@@ -53,7 +60,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="talking-head", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="talking-head", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="write a randomly initialised pipeline of a preset size")
@@ -138,7 +145,9 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
     pipe = TalkingHeadPipeline.from_pretrained(pipeline_dir)
     pipe.scheduler = scheduler_from_name(args.scheduler, pipe.scheduler)
     steps = args.steps or {"ddpm": None, "ddim": 50, "dpm": 25}[args.scheduler]
-    pipe.to(device=device, dtype=dtype)
+    pipe.to(device=device)
+    if pipe.unet.dtype != dtype:  # diffusers warns on every dtype cast, even to the dtype it has
+        pipe.to(dtype=dtype)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
 
     started = time.perf_counter()

@@ -127,6 +127,7 @@ def load_image(image, name: str = "identity_frame", min_size: int = 64) -> np.nd
     """
     if isinstance(image, (str, os.PathLike)):
         arr = _open_path(image, name)
+        name = f"{name} {os.fspath(image)}"  # errors below name the file
     elif isinstance(image, Image.Image):
         arr = _pil_to_array(image, name)
     elif type(image).__module__.startswith("torch"):

@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from talking_head.constants import NULL_EMOTION, NUM_EMOTIONS, SAMPLE_RATE
+from talking_head.constants import NULL_EMOTION, NUM_EMOTIONS, NUM_LANDMARKS, SAMPLE_RATE
 from talking_head.data import layout
 
 REFERENCE_MODES = ("random", "same_clip", "first")
@@ -89,6 +89,46 @@ def _greedy_windows(starts: np.ndarray, length: int) -> list[int]:
     return out
 
 
+# What a damaged prepared clip is answered with: which file, what is wrong, how to fix it.
+_REDO = "delete the clip's folder and re-run `talking-head prepare` on its source"
+_VIDEO_KEYS = ("clip_id", "split", "speaker", "fps", "size", "frames_dir", "landmarks", "audio")
+_AUDIO_KEYS = ("clip_id", "split", "speaker", "emotion_id", "audio", "num_samples")
+
+
+def _check_row(root: Path, row: dict, keys: tuple) -> None:
+    """Refuse, when the Dataset is built, a manifest row that lacks a field or whose audio is missing/short."""
+    import soundfile as sf
+
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise ValueError(f"prepared dataset {root}: clip {row.get('clip_id', '?')!r} lacks the manifest "
+                         f"field(s) {', '.join(missing)}; {_REDO}")
+    path = root / row["audio"]
+    if not path.is_file():
+        raise FileNotFoundError(f"prepared audio file {path} is missing; {_REDO}")
+    try:
+        frames = sf.info(str(path)).frames
+    except (RuntimeError, OSError) as err:
+        raise ValueError(f"prepared audio file {path} is unreadable ({err}); {_REDO}") from None
+    if row.get("num_samples") is not None and frames < int(row["num_samples"]):
+        raise ValueError(f"prepared audio file {path} is truncated: {frames} of {row['num_samples']} samples; {_REDO}")
+
+
+def _clip_landmarks(root: Path, row: dict) -> np.ndarray:
+    """(T, 68, 2) landmarks of a video clip row, with a clear error when the file is missing or damaged."""
+    path = root / row["landmarks"]
+    if not path.is_file():
+        raise FileNotFoundError(f"prepared landmarks file {path} is missing; {_REDO}")
+    try:
+        lms = layout.load_landmarks(root, row)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"prepared landmarks file {path} is unreadable ({err}); {_REDO}") from None
+    expected = (row.get("num_frames", lms.shape[0] if lms.ndim else None), NUM_LANDMARKS, 2)
+    if lms.shape != expected:
+        raise ValueError(f"prepared landmarks file {path} has shape {lms.shape}, expected {expected}; {_REDO}")
+    return lms
+
+
 def _read_audio(path: Path, start: int, n: int) -> np.ndarray:
     """n samples from `start` (may be negative / run past the end: zeros there)."""
     import soundfile as sf
@@ -96,12 +136,17 @@ def _read_audio(path: Path, start: int, n: int) -> np.ndarray:
     out = np.zeros(n, np.float32)
     a, b = max(0, start), start + n
     if b > a:
-        with sf.SoundFile(str(path)) as f:
-            total = f.frames
-            if a < total:
-                f.seek(a)
-                data = f.read(min(b, total) - a, dtype="float32", always_2d=True).mean(axis=1)
-                out[a - start : a - start + len(data)] = data
+        try:
+            with sf.SoundFile(str(path)) as f:
+                total = f.frames
+                if a < total:
+                    f.seek(a)
+                    data = f.read(min(b, total) - a, dtype="float32", always_2d=True).mean(axis=1)
+                    out[a - start : a - start + len(data)] = data
+        except (RuntimeError, OSError) as err:  # soundfile's errors are RuntimeErrors
+            if not path.is_file():
+                raise FileNotFoundError(f"prepared audio file {path} is missing; {_REDO}") from None
+            raise ValueError(f"prepared audio file {path} is unreadable ({err}); {_REDO}") from None
     return out
 
 
@@ -140,17 +185,21 @@ class TalkingHeadClipDataset(torch.utils.data.Dataset):
 
         rows = [r for r in layout.read_manifest(self.root) if r.get("kind") == "video"]
         if split is not None:
-            rows = [r for r in rows if r["split"] == split]
+            rows = [r for r in rows if r.get("split") == split]
         if speakers is not None:
             wanted = {speakers} if isinstance(speakers, str) else set(speakers)
-            rows = [r for r in rows if r["speaker"] in wanted]
+            rows = [r for r in rows if r.get("speaker") in wanted]
         self.clips: list[dict] = []
         self.skipped: list[tuple[str, str]] = []
         self._valid: list[np.ndarray] = []
         self._starts: list[np.ndarray] = []
         self.index: list[tuple[int, int]] = []  # (clip, window start for random_crop=False)
         for r in rows:
-            lms = layout.load_landmarks(self.root, r)
+            _check_row(self.root, r, _VIDEO_KEYS)
+            lms = _clip_landmarks(self.root, r)
+            last = layout.frame_path(self.root, r, len(lms) - 1)
+            if len(lms) and not last.is_file():
+                raise FileNotFoundError(f"prepared frame {last} is missing (the clip has {len(lms)} frames); {_REDO}")
             valid = np.isfinite(lms).all(axis=(1, 2))
             if not valid.any():
                 self.skipped.append((r["clip_id"], "no frame with a face"))
@@ -226,16 +275,21 @@ class TalkingHeadClipDataset(torch.utils.data.Dataset):
 
     def _landmarks(self, c: int) -> np.ndarray:
         """(T, 68, 2) normalised landmarks of clip c (read on demand: a small .npy, ~0.1 ms)."""
-        lm = layout.load_landmarks(self.root, self.clips[c]) / float(self.clips[c]["size"])
+        lm = _clip_landmarks(self.root, self.clips[c]) / float(self.clips[c]["size"])
         return lm.astype(np.float32)
 
     def _frame(self, c: int, f: int) -> np.ndarray:
-        row = self.clips[c]
-        with Image.open(layout.frame_path(self.root, row, f)) as im:
-            im = im.convert("RGB")
-            if self.sample_size is not None and im.size != (self.sample_size, self.sample_size):
-                im = im.resize((self.sample_size, self.sample_size), Image.BILINEAR)
-            return np.asarray(im)
+        path = layout.frame_path(self.root, self.clips[c], f)
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if self.sample_size is not None and im.size != (self.sample_size, self.sample_size):
+                    im = im.resize((self.sample_size, self.sample_size), Image.BILINEAR)
+                return np.asarray(im)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"prepared frame {path} is missing; {_REDO}") from None
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated or not an image
+            raise ValueError(f"prepared frame {path} is unreadable ({err}); {_REDO}") from None
 
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < len(self.index):
@@ -293,12 +347,14 @@ class EmotionAudioDataset(torch.utils.data.Dataset):
         rows = [r for r in layout.read_manifest(self.root)
                 if r.get("emotion_id", NULL_EMOTION) < NUM_EMOTIONS and r.get("audio")]  # fmt: skip
         if split is not None:
-            rows = [r for r in rows if r["split"] == split]
+            rows = [r for r in rows if r.get("split") == split]
         if speakers is not None:
             wanted = {speakers} if isinstance(speakers, str) else set(speakers)
-            rows = [r for r in rows if r["speaker"] in wanted]
+            rows = [r for r in rows if r.get("speaker") in wanted]
         if not rows:
             raise ValueError(f"no emotion-labelled {split!r} audio in {self.root}")
+        for r in rows:
+            _check_row(self.root, r, _AUDIO_KEYS)
         self.items = rows
         self.labels = np.array([r["emotion_id"] for r in rows], dtype=np.int64)
 

@@ -174,6 +174,8 @@ def write_manifest(root: Path, rows=None) -> list[dict]:
 def read_manifest(root) -> list[dict]:
     """The manifest rows of a prepared dataset, with a clear error when `root` is not one."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"prepared dataset path {root} is a file, not a folder made by `talking-head prepare`")
     if not root.is_dir():
         raise FileNotFoundError(f"prepared dataset folder not found: {root}")
     path = root / MANIFEST
@@ -182,7 +184,14 @@ def read_manifest(root) -> list[dict]:
             f"{root} has no {MANIFEST}: not a prepared dataset (run `talking-head prepare ... "
             f"--output {root}` first)"
         )
-    return read_jsonl(path)
+    fix = f"re-running `talking-head prepare ... --output {root}` rebuilds it from the clip folders"
+    try:
+        rows = read_jsonl(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is damaged ({err}); {fix}") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path} is damaged (a line is not a JSON object); {fix}")
+    return rows
 
 
 def load_landmarks(root, row) -> np.ndarray:

@@ -367,8 +367,13 @@ def _expand_files(files) -> list[Path]:
     out = []
     for f in files:
         p = Path(f)
+        if not p.exists():  # a mistyped argument: say so before any work, not as a recorded failure
+            raise FileNotFoundError(f"video file not found: {p}")
         if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_EXTS and q.is_file())
+            videos = sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_EXTS and q.is_file())
+            if not videos:
+                raise ValueError(f"{p} is a folder with no video files in it ({', '.join(sorted(VIDEO_EXTS))})")
+            out += videos
         else:
             out.append(p)
     # A sibling audio file given along with its video (e.g. `folder/*`) is that video's audio.
