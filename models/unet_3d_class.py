@@ -44,6 +44,22 @@ class UNet3DClassOutput(BaseOutput):
 
 
 # ---------------------------------------------------------------------------------------------- blocks
+class Conv3d(nn.Conv3d):
+    """`nn.Conv3d` (same parameters and state dict) that always uses oneDNN on CPU float32.
+
+    ATen sends a 3D convolution with a small batch (B*C*F*H <= 20480, e.g. one 8-frame clip at 64x64) to its
+    reference kernel `slow_conv3d`, which is about 6x slower here than oneDNN's; generation runs batch 1, so it
+    would pay that on every step. The result is the same to float rounding (1e-6) and autograd works.
+    """
+
+    def _conv_forward(self, input, weight, bias):
+        if (input.device.type == "cpu" and input.dtype == torch.float32 and self.padding_mode == "zeros"
+                and torch.backends.mkldnn.is_available()):
+            return torch.mkldnn_convolution(input, weight, bias, self.padding, self.stride, self.dilation,
+                                            self.groups)
+        return super()._conv_forward(input, weight, bias)
+
+
 class ResnetBlock3D(nn.Module):
     """GroupNorm -> SiLU -> conv, plus the (timestep, class) embedding, twice, with a residual connection."""
 
@@ -51,13 +67,13 @@ class ResnetBlock3D(nn.Module):
                  dropout: float):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
-        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv1 = Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
         self.emb_proj = nn.Linear(emb_channels, out_channels)
         self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.conv2 = Conv3d(out_channels, out_channels, kernel_size=3, padding=1)
         # A 1×1×1 conv only where the channel count changes, so the residual path can be added.
-        self.shortcut = nn.Conv3d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
+        self.shortcut = Conv3d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
 
     def forward(self, hidden_states: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(hidden_states)))
@@ -72,7 +88,7 @@ class Downsample3D(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, kernel_size=3, stride=(1, 2, 2), padding=1)
+        self.conv = Conv3d(channels, channels, kernel_size=3, stride=(1, 2, 2), padding=1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.conv(hidden_states)
@@ -83,7 +99,7 @@ class Upsample3D(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, kernel_size=3, padding=1)
+        self.conv = Conv3d(channels, channels, kernel_size=3, padding=1)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(hidden_states, scale_factor=(1.0, 2.0, 2.0), mode="nearest"))
@@ -185,6 +201,11 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
         flip_sin_to_cos (`bool`, defaults to True), freq_shift (`int`, defaults to 0): sinusoidal timestep
             features, as in diffusers' `UNet2DModel`.
         dropout (`float`, defaults to 0.0): dropout inside the residual blocks.
+        condition_skip (`bool`, defaults to False): add the unmasked part of the condition frames,
+            `cond * (1 - mask)` (input channels 3-5 and 6), to the output. With `prediction_type="sample"` the
+            network then predicts a correction to the reference frame instead of the whole frame: the untrained
+            model already returns the reference outside the mask, and training spends its updates on the mouth
+            and the motion. Needs `in_channels=7` and `out_channels=3`.
     """
 
     _supports_gradient_checkpointing = True
@@ -205,6 +226,7 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
         flip_sin_to_cos: bool = True,
         freq_shift: int = 0,
         dropout: float = 0.0,
+        condition_skip: bool = False,
     ):
         super().__init__()
         channels = [int(c) for c in block_out_channels]
@@ -221,6 +243,9 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"norm_num_groups ({norm_num_groups}) must divide every entry of block_out_channels {tuple(channels)}"
             )
+        if condition_skip and (in_channels != 7 or out_channels != 3):
+            raise ValueError(f"condition_skip needs in_channels=7 (noisy, condition, mask) and out_channels=3, got "
+                             f"in_channels={in_channels}, out_channels={out_channels}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         time_dim = time_embed_dim or 4 * channels[0]
@@ -233,7 +258,7 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
         self.time_embedding = TimestepEmbedding(channels[0], time_dim)
         self.class_embedding = nn.Embedding(num_class_embeds + 1, class_dim)
 
-        self.conv_in = nn.Conv3d(in_channels, channels[0], kernel_size=3, padding=1)
+        self.conv_in = Conv3d(in_channels, channels[0], kernel_size=3, padding=1)
 
         common = dict(emb_channels=emb_dim, groups=norm_num_groups, eps=norm_eps, dropout=dropout)
         self.down_blocks = nn.ModuleList()
@@ -257,7 +282,7 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
             prev_ch = out_ch
 
         self.norm_out = nn.GroupNorm(norm_num_groups, channels[0], eps=norm_eps)
-        self.conv_out = nn.Conv3d(channels[0], out_channels, kernel_size=3, padding=1)
+        self.conv_out = Conv3d(channels[0], out_channels, kernel_size=3, padding=1)
         # Zero-initialised: the untrained model predicts 0 (the mean of an epsilon or v target), so early training
         # is stable; gradients still reach conv_out's weights (its input is not zero) and from there everything.
         nn.init.zeros_(self.conv_out.weight)
@@ -347,7 +372,11 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
             skips = skips[:-count]
 
         # 4. Out.
-        sample = self.conv_out(F.silu(self.norm_out(hidden_states)))
+        out = self.conv_out(F.silu(self.norm_out(hidden_states)))
+        if self.config.condition_skip:
+            cond, mask = sample[:, 3:6].to(out.dtype), sample[:, 6:7].to(out.dtype)
+            out = out + cond * (1 - mask)
+        sample = out
         if not return_dict:
             return (sample,)
         return UNet3DClassOutput(sample=sample)

@@ -35,7 +35,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from talking_head.audio import load_audio
-from talking_head.constants import EMOTIONS, NULL_EMOTION, NUM_LANDMARKS, SAMPLE_RATE, emotion_to_id
+from talking_head.constants import EMOTIONS, NO_EMOTION, NULL_EMOTION, NUM_LANDMARKS, SAMPLE_RATE, emotion_label
 from talking_head.face import crop_face, detect_face_landmarks, face_crop_box, landmarks_to_crop
 from talking_head.image import load_image
 from talking_head.models.emotion_classifier import predict_emotion
@@ -324,12 +324,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
             raise ValueError("give one identity_landmarks array per identity frame")
         if emotion is not None:
             for name in _as_list(emotion):
-                emotion_to_id(name)
+                emotion_label(name)
             if len(_as_list(emotion)) not in (1, len(audios)):
                 raise ValueError(f"got {len(_as_list(emotion))} emotions for {len(audios)} audio inputs")
-        elif self.emotion_classifier is None:
-            raise ValueError("this pipeline has no emotion classifier: pass emotion= (one of "
-                             f"{', '.join(EMOTIONS)})")
         validate_t_start(t_start, self.scheduler.config.num_train_timesteps)
         if num_inference_steps is not None and (isinstance(num_inference_steps, bool)
                                                 or int(num_inference_steps) != num_inference_steps
@@ -449,7 +446,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
             identity_frame: the person: a path, PIL image, or array (RGB, RGBA or
                 greyscale, any size). One for all audio items or one per item.
             emotion: an emotion name (see `talking_head.constants.EMOTIONS`) that
-                overrides the classifier, or a list of one per item.
+                overrides the classifier, or a list of one per item. "none" (or no emotion
+                and no classifier in the pipeline) uses the null class: the models'
+                unconditional output, all a model trained on unlabelled video has learned.
             t_start: the SDEdit start, in timesteps (paper: 300). Frames are noised to
                 t = t_start - 1 and denoised to 0.
             num_inference_steps: denoising steps between t_start and 0; None = one per
@@ -534,15 +533,17 @@ class TalkingHeadPipeline(DiffusionPipeline):
         crops = torch.from_numpy(np.stack([c for c, _ in identities])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         id_landmarks = torch.from_numpy(np.stack([l for _, l in identities])) / size  # normalised
 
-        # 3. Emotion: the caller's choice, or the classifier's.
+        # 3. Emotion: the caller's choice, or the classifier's, or (no classifier) none: the null class.
         if emotion is not None:
             names = [n.strip().lower() for n in _as_list(emotion)]
             names = names * batch if len(names) == 1 else names
             probs = None
+        elif self.emotion_classifier is None:
+            names, probs = [NO_EMOTION] * batch, None
         else:
             probs = self.classify_emotion(waves)
             names = [EMOTIONS[int(k)] for k in probs.argmax(axis=1)]
-        labels = torch.tensor([emotion_to_id(n) for n in names], dtype=torch.long)
+        labels = torch.tensor([emotion_label(n) for n in names], dtype=torch.long)
 
         # 4. Audio -> landmarks for every frame (normalised to the crop), unless the caller gave them.
         if landmarks is None:

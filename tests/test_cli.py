@@ -122,3 +122,31 @@ def test_sigterm_mid_generation_leaves_previous_output_intact_and_no_temp_files(
     assert proc.returncode != 0
     assert target.read_bytes() == b"previous good video"
     assert sorted(p.name for p in out_dir.iterdir()) == ["talk.mp4"]
+
+
+def test_demo_renders_the_bundled_person_with_the_bundled_pipeline(tmp_path, capsys):
+    """The README's first command: the trained default pipeline, its speech clip and photo, no arguments."""
+    pytest.importorskip("dlib")
+    from talking_head.cli import _assets_dir
+    from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
+
+    assets = _assets_dir()
+    pipe = TalkingHeadPipeline.from_pretrained(assets / "pipeline")
+    assert pipe.emotion_classifier is None and pipe.sample_size == 64
+    out = tmp_path / "demo.mp4"
+    assert main(["demo", "--output", str(out)]) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "UNTRAINED" not in captured.err
+    assert "emotion none (the pipeline has no emotion classifier)" in captured.out
+    info = probe_media(out)
+    assert info["has_video"] and info["has_audio"] and info["video_size"] == (256, 256)
+    assert abs(info["duration"] - soundfile.info(str(assets / "demo_speech.wav")).duration) <= 1 / 25 + 0.03
+
+
+def test_generate_without_pipeline_uses_the_bundled_one(astronaut_png, tmp_path, capsys):
+    pytest.importorskip("dlib")
+    out = tmp_path / "default.mp4"
+    rc = main(["generate", "--audio", str(SPEECH), "--identity", str(astronaut_png), "--output", str(out),
+               "--scheduler", "dpm", "--steps", "1", "--min-size", "1"])
+    assert rc == 0, capsys.readouterr().err
+    assert probe_media(out)["video_size"] == (64, 64)

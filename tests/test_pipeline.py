@@ -305,12 +305,16 @@ def test_pipeline_with_mismatched_or_broken_components(pipe, tmp_path):
         TalkingHeadPipeline.from_pretrained(bad)
 
 
-def test_pipeline_without_classifier_needs_an_emotion(identity, tmp_path):
+def test_pipeline_without_classifier_uses_the_null_class(identity, tmp_path):
     p = build_pipeline("tiny", sample_size=SIZE, with_emotion_classifier=False)
     p.set_progress_bar_config(disable=True)
-    with pytest.raises(ValueError, match="emotion="):
-        run(p, identity)
-    assert run(p, identity, emotion="neutral").emotion == ["neutral"]
+    torch.nn.init.normal_(p.unet.conv_out.weight, std=0.1)  # so the class changes the output
+    default = run(p, identity, output_type="np")
+    assert default.emotion == ["none"] and default.emotion_probs is None
+    np.testing.assert_array_equal(default.frames, run(p, identity, emotion="none", output_type="np").frames)
+    assert not np.array_equal(default.frames, run(p, identity, emotion="neutral", output_type="np").frames)
+    with pytest.raises(ValueError, match="unknown emotion 'calm'.*'none'"):
+        run(p, identity, emotion="calm")
     loaded = TalkingHeadPipeline.from_pretrained(save_pipeline_atomic(p, tmp_path / "noclf"))
     assert loaded.emotion_classifier is None
 

@@ -167,3 +167,21 @@ def test_a_few_steps_reduce_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_condition_skip_starts_from_the_unmasked_reference(tmp_path):
+    model = tiny_model(perturb=False, in_channels=7, condition_skip=True)
+    x = sample(c=7)
+    x[:, 6:7] = (x[:, 6:7] > 0).float()  # a binary mask channel
+    with torch.no_grad():
+        out = model(x, 50, torch.tensor([0, 1])).sample
+    # Zero-initialised conv_out: the untrained model returns the reference where there is no mask noise, 0 inside.
+    assert torch.equal(out, x[:, 3:6] * (1 - x[:, 6:7]))
+    torch.nn.init.normal_(model.conv_out.weight, std=0.1)
+    model.save_pretrained(tmp_path)
+    loaded = ClassConditionedUNet3DModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.condition_skip is True
+    with torch.no_grad():
+        assert torch.equal(loaded(x, 50).sample, model(x, 50).sample)
+    with pytest.raises(ValueError, match="condition_skip needs in_channels=7"):
+        ClassConditionedUNet3DModel(**{**TINY, "condition_skip": True})

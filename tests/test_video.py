@@ -172,3 +172,20 @@ def test_audio_rates_aac_cannot_store(tmp_path, rate):
     info = probe_media(path)
     assert info["has_audio"] and info["audio_rate"] == 48000
     assert abs(info["duration"] - 0.4) <= 1 / 25
+
+
+def test_min_size_scales_small_frames_up_for_viewing(tmp_path):
+    frames = np.zeros((4, 32, 48, 3), np.uint8)
+    frames[:, :, :24] = 255  # left half white
+    path = tmp_path / "small.mp4"
+    with VideoWriter(path, fps=10, min_size=256) as writer:
+        writer.write(frames)
+    assert probe_media(path)["video_size"] == (384, 256)  # short side 256, aspect kept
+    back = read_back(path)
+    assert back[:, :, :180].mean() > 200 and back[:, :, 204:].mean() < 30
+    big = tmp_path / "big.mp4"
+    with VideoWriter(big, fps=10, min_size=16) as writer:  # already larger: left alone
+        writer.write(frames)
+    assert probe_media(big)["video_size"] == (48, 32)
+    with pytest.raises(ValueError, match="min_size must be a whole number"):
+        VideoWriter(tmp_path / "x.mp4", fps=10, min_size=0)

@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
 from talking_head.models.emotion_classifier import (build_emotion_classifier, build_emotion_feature_extractor,
@@ -48,12 +47,11 @@ from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 from talking_head.presets import PRESETS
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, default_ddpm_scheduler
 from talking_head.training import (
-    PREDICTION_TYPES, TIMESTEP_SAMPLING, JsonlLog, add_common_args, batch_ids, batch_log, build_mask_noise,
-    build_unet, check_common_args, check_resume_compatible, epoch_dataloader, finish, held_out, init_trackers,
-    load_checkpoint, log_scalars, log_video, make_accelerator, make_dataloader, make_diffusion_pair,
-    metrics_log, predicted_sample, psnr, resolve_data_dir, resolve_resume_checkpoint, resume_position,
-    sample_timesteps, save_checkpoint, seed_step, step_delay, to_uint8_video, upscale_frames,
-    weights_checksum, write_validation_mp4,
+    UpdateLoop, PREDICTION_TYPES, TIMESTEP_SAMPLING, JsonlLog, add_common_args, batch_log, build_mask_noise,
+    build_unet, check_common_args, check_resume_compatible, finish, held_out, init_trackers, load_checkpoint,
+    log_scalars, log_video, make_accelerator, make_dataloader, make_diffusion_pair, metrics_log, predicted_sample,
+    psnr, resolve_data_dir, resolve_resume_checkpoint, resume_position, sample_timesteps, to_uint8_video,
+    upscale_frames, weights_checksum, write_validation_mp4,
 )
 from talking_head.utils import save_pipeline_atomic
 
@@ -75,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--clip_frames", type=int, default=16, help="frames per training clip (and pipeline clip)")
     model.add_argument("--unet_in_channels", type=int, choices=(3, 7), default=7,
                        help="7: noisy frames + mask-noised reference + mask; 3: noisy frames only (the paper)")
+    model.add_argument("--condition_skip", action="store_true",
+                       help="the UNet adds the unmasked reference to its output, so with --prediction_type sample "
+                            "it learns a correction to the reference (ClassConditionedUNet3DModel.condition_skip; "
+                            "needs --unet_in_channels 7)")
     model.add_argument("--pretrained_unet", type=str, default=None,
                        help="start from this UNet (a UNet folder, or a pipeline folder with unet/) instead of "
                             "a fresh --preset one")
@@ -123,6 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.resolution = PRESETS[args.preset]["sample_size"]
     if args.clip_frames < 1:
         parser.error("--clip_frames must be >= 1")
+    if args.condition_skip and args.unet_in_channels != 7:
+        parser.error("--condition_skip needs --unet_in_channels 7")
     if not 0 <= args.p_uncond < 1:
         parser.error("--p_uncond must be in [0, 1)")
     if not 1 <= args.t_start <= 1000:
@@ -133,7 +137,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------ components
 def load_unet(args) -> ClassConditionedUNet3DModel:
     if args.pretrained_unet is None:
-        return build_unet(args.preset, args.resolution, args.unet_in_channels)
+        return build_unet(args.preset, args.resolution, args.unet_in_channels, args.condition_skip)
     path = Path(args.pretrained_unet)
     if (path / "unet").is_dir():
         path = path / "unet"
@@ -344,62 +348,35 @@ def main(argv=None) -> None:
         if ema is not None:
             ema.store(model.parameters())
             ema.copy_to(model.parameters())
-        validator(model, mask_noise, global_step)
+        validator(model, mask_noise, loop.global_step)
         if ema is not None:
             ema.restore(model.parameters())
 
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="updates",
-                    disable=not accelerator.is_local_main_process)
     in_channels = accelerator.unwrap_model(unet).config.in_channels
     unet.train()
-    epoch, accumulated_loss, micro_step = first_epoch, 0.0, 0
-    while global_step < args.max_train_steps:
-        loader = epoch_dataloader(accelerator, train_dataloader, sampler, epoch,
-                                  skip_batches if epoch == first_epoch else 0)
-        for batch in loader:
-            seed_step(args.seed, accelerator.process_index, global_step, micro_step)
-            with accelerator.accumulate(unet):
-                frames = batch["frames"]
-                t = sample_timesteps(frames.shape[0], noise_scheduler.config.num_train_timesteps,
-                                     args.timestep_sampling, args.t_start, args.timestep_bias, frames.device)
-                pair = make_diffusion_pair(batch, mask_noise, noise_scheduler, in_channels, args.prediction_type,
-                                           t, p_uncond=args.p_uncond)
-                pred = unet(pair.model_input, pair.timesteps, class_labels=pair.class_labels).sample
-                loss = F.mse_loss(pred.float(), pair.target.float())
-                mean_loss = accelerator.gather(loss.detach().repeat(frames.shape[0])).mean()
-                accumulated_loss += mean_loss.item() / accelerator.gradient_accumulation_steps
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            batches.write(step=global_step, micro=micro_step, epoch=epoch, ids=batch_ids(batch),
-                          loss=loss.item(), lr=lr_scheduler.get_last_lr()[0])
-            micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            micro_step = 0
-            if ema is not None:
-                ema.step(unet.parameters())
-            global_step += 1
-            progress.update(1)
-            lr = lr_scheduler.get_last_lr()[0]
-            log_scalars(accelerator, metrics, {"train/loss": accumulated_loss, "train/lr": lr}, global_step)
-            progress.set_postfix(loss=f"{accumulated_loss:.4f}", lr=f"{lr:.2e}")
-            accumulated_loss = 0.0
-            done = global_step >= args.max_train_steps
-            if global_step % args.checkpointing_steps == 0 or done:
-                save_checkpoint(accelerator, output_dir, global_step, {**run_shape, "epoch": epoch},
-                                args.checkpoints_total_limit)
-            if (args.validation_steps and global_step % args.validation_steps == 0) or done:
-                if accelerator.is_main_process:
-                    validate()
-            step_delay()
-            if done:
-                break
-        epoch += 1
-    progress.close()
+    loop = UpdateLoop(accelerator, args, train_dataloader=train_dataloader, sampler=sampler,
+                      output_dir=output_dir, run_shape=run_shape, global_step=global_step,
+                      first_epoch=first_epoch, skip_batches=skip_batches, metrics=metrics, batches=batches,
+                      validate=validate, ema=ema, ema_model=unet, loss_format=".4f")
+    for batch in loop:
+        with accelerator.accumulate(unet):
+            frames = batch["frames"]
+            t = sample_timesteps(frames.shape[0], noise_scheduler.config.num_train_timesteps,
+                                 args.timestep_sampling, args.t_start, args.timestep_bias, frames.device)
+            pair = make_diffusion_pair(batch, mask_noise, noise_scheduler, in_channels, args.prediction_type,
+                                       t, p_uncond=args.p_uncond)
+            pred = unet(pair.model_input, pair.timesteps, class_labels=pair.class_labels).sample
+            loss = F.mse_loss(pred.float(), pair.target.float())
+            mean_loss = accelerator.gather(loss.detach().repeat(frames.shape[0])).mean()
+            loop.add_loss(mean_loss.item())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        loop.end_micro_step(batch, loss.item(), lr_scheduler)
+    global_step = loop.global_step
 
     accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(unet)

@@ -34,17 +34,15 @@ import torch
 import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from talking_head.constants import EMOTIONS, NUM_EMOTIONS, SAMPLE_RATE
 from talking_head.data.dataset import EmotionAudioDataset
 from talking_head.models.emotion_classifier import (EMOTION_CLASSIFIER_PRESETS, build_emotion_classifier,
                                                     build_emotion_feature_extractor, load_emotion_classifier)
 from talking_head.training import (
-    JsonlLog, add_common_args, batch_ids, batch_log, check_common_args, check_resume_compatible, epoch_dataloader,
-    finish, held_out, init_trackers, load_checkpoint, log_scalars, make_accelerator, make_dataloader,
-    metrics_log, resolve_data_dir, resolve_resume_checkpoint, resume_position, save_checkpoint,
-    save_component_atomic, seed_step, step_delay, weights_checksum,
+    UpdateLoop, JsonlLog, add_common_args, batch_log, check_common_args, check_resume_compatible, finish, held_out,
+    init_trackers, load_checkpoint, log_scalars, make_accelerator, make_dataloader, metrics_log, resolve_data_dir,
+    resolve_resume_checkpoint, resume_position, save_component_atomic, weights_checksum,
 )
 
 logger = logging.getLogger("train_emotion")
@@ -226,57 +224,30 @@ def main(argv=None) -> None:
         if ema is not None:
             ema.store(unwrapped.parameters())
             ema.copy_to(unwrapped.parameters())
-        validator(unwrapped, global_step)
+        validator(unwrapped, loop.global_step)
         if ema is not None:
             ema.restore(unwrapped.parameters())
 
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="updates",
-                    disable=not accelerator.is_local_main_process)
     model.train()
-    epoch, accumulated_loss, micro_step = first_epoch, 0.0, 0
-    while global_step < args.max_train_steps:
-        loader = epoch_dataloader(accelerator, train_dataloader, sampler, epoch,
-                                  skip_batches if epoch == first_epoch else 0)
-        for batch in loader:
-            seed_step(args.seed, accelerator.process_index, global_step, micro_step)
-            with accelerator.accumulate(model):
-                logits = model(batch["input_values"], attention_mask=batch["attention_mask"]).logits
-                loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights,
-                                       label_smoothing=args.label_smoothing)
-                mean_loss = accelerator.gather(loss.detach().repeat(logits.shape[0])).mean()
-                accumulated_loss += mean_loss.item() / accelerator.gradient_accumulation_steps
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            batches.write(step=global_step, micro=micro_step, epoch=epoch, ids=batch_ids(batch), loss=loss.item(),
-                          lr=lr_scheduler.get_last_lr()[0])
-            micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            micro_step = 0
-            if ema is not None:
-                ema.step(model.parameters())
-            global_step += 1
-            progress.update(1)
-            lr = lr_scheduler.get_last_lr()[0]
-            log_scalars(accelerator, metrics, {"train/loss": accumulated_loss, "train/lr": lr}, global_step)
-            progress.set_postfix(loss=f"{accumulated_loss:.4f}", lr=f"{lr:.2e}")
-            accumulated_loss = 0.0
-            done = global_step >= args.max_train_steps
-            if global_step % args.checkpointing_steps == 0 or done:
-                save_checkpoint(accelerator, output_dir, global_step, {**run_shape, "epoch": epoch},
-                                args.checkpoints_total_limit)
-            if (args.validation_steps and global_step % args.validation_steps == 0) or done:
-                if accelerator.is_main_process:
-                    validate()
-            step_delay()
-            if done:
-                break
-        epoch += 1
-    progress.close()
+    loop = UpdateLoop(accelerator, args, train_dataloader=train_dataloader, sampler=sampler,
+                      output_dir=output_dir, run_shape=run_shape, global_step=global_step,
+                      first_epoch=first_epoch, skip_batches=skip_batches, metrics=metrics, batches=batches,
+                      validate=validate, ema=ema, ema_model=model, loss_format=".4f")
+    for batch in loop:
+        with accelerator.accumulate(model):
+            logits = model(batch["input_values"], attention_mask=batch["attention_mask"]).logits
+            loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights,
+                                   label_smoothing=args.label_smoothing)
+            mean_loss = accelerator.gather(loss.detach().repeat(logits.shape[0])).mean()
+            loop.add_loss(mean_loss.item())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        loop.end_micro_step(batch, loss.item(), lr_scheduler)
+    global_step = loop.global_step
 
     accelerator.wait_for_everyone()
     if ema is not None:

@@ -31,17 +31,15 @@ import numpy as np
 import torch
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from talking_head.constants import NUM_EMOTIONS
 from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 from talking_head.training import (
-    LANDMARK_PRESETS, JsonlLog, add_common_args, batch_ids, batch_log, check_common_args, check_resume_compatible,
-    draw_landmarks, epoch_dataloader, finish, held_out, init_trackers, landmark_distance, load_checkpoint,
-    log_scalars, log_video, make_accelerator, make_dataloader, metrics_log, resolve_data_dir,
-    resolve_resume_checkpoint, resume_position, save_checkpoint, save_component_atomic, seed_step, step_delay,
-    to_uint8_video, weights_checksum, write_validation_mp4,
+    UpdateLoop, LANDMARK_PRESETS, JsonlLog, add_common_args, batch_log, check_common_args, check_resume_compatible,
+    draw_landmarks, finish, held_out, init_trackers, landmark_distance, load_checkpoint, log_scalars, log_video,
+    make_accelerator, make_dataloader, metrics_log, resolve_data_dir, resolve_resume_checkpoint, resume_position,
+    save_component_atomic, to_uint8_video, weights_checksum, write_validation_mp4,
 )
 
 logger = logging.getLogger("train_landmarks")
@@ -233,61 +231,34 @@ def main(argv=None) -> None:
             ema.store(unwrapped.parameters())
             ema.copy_to(unwrapped.parameters())
         with torch.random.fork_rng(devices=[]):
-            validator(unwrapped, global_step)
+            validator(unwrapped, loop.global_step)
         if ema is not None:
             ema.restore(unwrapped.parameters())
 
-    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="updates",
-                    disable=not accelerator.is_local_main_process)
     model.train()
-    epoch, accumulated_loss, micro_step = first_epoch, 0.0, 0
-    while global_step < args.max_train_steps:
-        loader = epoch_dataloader(accelerator, train_dataloader, sampler, epoch,
-                                  skip_batches if epoch == first_epoch else 0)
-        for batch in loader:
-            seed_step(args.seed, accelerator.process_index, global_step, micro_step)
-            with accelerator.accumulate(model):
-                labels = batch["emotion"]
-                if args.p_uncond > 0:
-                    drop = torch.rand(labels.shape, device=labels.device) < args.p_uncond
-                    labels = torch.where(drop, torch.full_like(labels, NUM_EMOTIONS), labels)
-                pred = forward(model, batch, labels)
-                loss = landmark_loss(pred, batch["landmarks"], mouth_weight=args.mouth_weight,
-                                     all_weight=args.all_weight, velocity_weight=args.velocity_weight)
-                mean_loss = accelerator.gather(loss.detach().repeat(pred.shape[0])).mean()
-                accumulated_loss += mean_loss.item() / accelerator.gradient_accumulation_steps
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            batches.write(step=global_step, micro=micro_step, epoch=epoch, ids=batch_ids(batch), loss=loss.item(),
-                          lr=lr_scheduler.get_last_lr()[0])
-            micro_step += 1
-            if not accelerator.sync_gradients:
-                continue
-            micro_step = 0
-            if ema is not None:
-                ema.step(model.parameters())
-            global_step += 1
-            progress.update(1)
-            lr = lr_scheduler.get_last_lr()[0]
-            log_scalars(accelerator, metrics, {"train/loss": accumulated_loss, "train/lr": lr}, global_step)
-            progress.set_postfix(loss=f"{accumulated_loss:.3g}", lr=f"{lr:.2e}")
-            accumulated_loss = 0.0
-            done = global_step >= args.max_train_steps
-            if global_step % args.checkpointing_steps == 0 or done:
-                save_checkpoint(accelerator, output_dir, global_step, {**run_shape, "epoch": epoch},
-                                args.checkpoints_total_limit)
-            if (args.validation_steps and global_step % args.validation_steps == 0) or done:
-                if accelerator.is_main_process:
-                    validate()
-            step_delay()
-            if done:
-                break
-        epoch += 1
-    progress.close()
+    loop = UpdateLoop(accelerator, args, train_dataloader=train_dataloader, sampler=sampler,
+                      output_dir=output_dir, run_shape=run_shape, global_step=global_step,
+                      first_epoch=first_epoch, skip_batches=skip_batches, metrics=metrics, batches=batches,
+                      validate=validate, ema=ema, ema_model=model, loss_format=".3g")
+    for batch in loop:
+        with accelerator.accumulate(model):
+            labels = batch["emotion"]
+            if args.p_uncond > 0:
+                drop = torch.rand(labels.shape, device=labels.device) < args.p_uncond
+                labels = torch.where(drop, torch.full_like(labels, NUM_EMOTIONS), labels)
+            pred = forward(model, batch, labels)
+            loss = landmark_loss(pred, batch["landmarks"], mouth_weight=args.mouth_weight,
+                                 all_weight=args.all_weight, velocity_weight=args.velocity_weight)
+            mean_loss = accelerator.gather(loss.detach().repeat(pred.shape[0])).mean()
+            loop.add_loss(mean_loss.item())
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        loop.end_micro_step(batch, loss.item(), lr_scheduler)
+    global_step = loop.global_step
 
     accelerator.wait_for_everyone()
     if ema is not None:

@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from talking_head.constants import DEFAULT_FPS, EMOTIONS
-
+from talking_head.argtypes import positive_float, positive_int
+from talking_head.constants import DEFAULT_FPS, EMOTIONS, NO_EMOTION
 
 
 class UsageError(Exception):
@@ -39,26 +39,6 @@ def _assets_dir() -> Path:
     return Path(str(files("talking_head.assets")))
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="talking-head", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,16 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a randomly initialised pipeline of a preset size")
     p.add_argument("--preset", choices=["tiny", "paper"], default="tiny")
     p.add_argument("--output", required=True, help="pipeline directory to write")
-    p.add_argument("--sample-size", type=_positive_int, default=None, help="frame size (default: the preset's)")
+    p.add_argument("--sample-size", type=positive_int, default=None, help="frame size (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-emotion-classifier", action="store_true",
-                   help="leave the classifier out (generate then needs --emotion)")
+                   help="leave the classifier out (generate then uses --emotion, or the null class)")
 
     for name, help_text in (("generate", "generate a talking-head MP4 from speech and a photo"),
                             ("demo", "generate the demo video from the bundled speech clip and photo")):
         p = sub.add_parser(name, help=help_text)
         if name == "generate":
-            p.add_argument("--pipeline", required=True, help="pipeline directory (save_pretrained / init)")
+            p.add_argument("--pipeline", default=None,
+                           help="pipeline directory (save_pretrained / init; default: the bundled trained one)")
             p.add_argument("--audio", required=True, help="speech: wav, flac, mp3, m4a or a video file")
             p.add_argument("--identity", required=True, help="photo of the person (png, jpg, ...)")
             p.add_argument("--output", required=True, help="MP4 to write")
@@ -83,15 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--pipeline", default=None,
                            help="pipeline directory (default: the bundled one, or a fresh tiny one)")
             p.add_argument("--output", default="out/demo.mp4", help="MP4 to write")
-        p.add_argument("--emotion", choices=list(EMOTIONS), default=None,
-                       help="emotion to show (default: detected from the audio)")
-        p.add_argument("--t-start", type=_positive_int, default=300, help="SDEdit start timestep (paper: 300)")
-        p.add_argument("--steps", type=_positive_int, default=None if name == "generate" else 10,
+        p.add_argument("--emotion", choices=[*EMOTIONS, NO_EMOTION], default=None,
+                       help="emotion to show (default: detected from the audio by the pipeline's classifier; "
+                            "none, the unconditional output, when it has none)")
+        p.add_argument("--t-start", type=positive_int, default=300, help="SDEdit start timestep (paper: 300)")
+        p.add_argument("--steps", type=positive_int, default=None if name == "generate" else 10,
                        help="denoising steps (default: t-start for ddpm, 25 for dpm, 50 for ddim"
                             + ("" if name == "generate" else "; the demo uses 10 dpm steps") + ")")
         p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], default="ddpm" if name == "generate" else "dpm")
         p.add_argument("--guidance-scale", type=float, default=1.0, help="emotion guidance; 1 = off")
-        p.add_argument("--fps", type=_positive_float, default=DEFAULT_FPS)
+        p.add_argument("--fps", type=positive_float, default=DEFAULT_FPS)
+        p.add_argument("--min-size", type=positive_int, default=256,
+                       help="scale smaller frames up to this side in the MP4, for viewing (default 256; 1 = off)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when present)")
         p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
@@ -151,21 +135,35 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
 
     started = time.perf_counter()
-    with VideoWriter(out_path, fps=args.fps, audio=waveform) as writer:
+    min_size = args.min_size if args.min_size > 1 else None
+    with VideoWriter(out_path, fps=args.fps, audio=waveform, min_size=min_size) as writer:
         result = pipe(waveform, identity, sample_rate=16000, emotion=args.emotion, t_start=args.t_start,
                       num_inference_steps=steps, guidance_scale=args.guidance_scale, fps=args.fps,
                       generator=generator, output_type=None,
                       frames_callback=lambda frames: writer.write(frames[0]))
     seconds = time.perf_counter() - started
     frames = result.landmarks.shape[1]
-    how = "given" if args.emotion else f"detected, p={float(np.max(result.emotion_probs)):.2f}"
+    if args.emotion:
+        how = "given"
+    elif result.emotion_probs is None:
+        how = "the pipeline has no emotion classifier"
+    else:
+        how = f"detected, p={float(np.max(result.emotion_probs)):.2f}"
     print(f"wrote {out_path}: {frames} frames at {args.fps:g} fps ({frames / args.fps:.2f} s), "
           f"emotion {result.emotion[0]} ({how}), {seconds:.1f} s on {device}")
     return 0
 
 
+def _bundled_pipeline() -> Path | None:
+    bundled = _assets_dir() / "pipeline"
+    return bundled if (bundled / "model_index.json").is_file() else None
+
+
 def cmd_generate(args) -> int:
-    return _generate(args, args.pipeline, args.audio, args.identity, args.output)
+    pipeline_dir = args.pipeline or _bundled_pipeline()
+    if pipeline_dir is None:
+        raise UsageError("no --pipeline given and no trained pipeline is bundled in talking_head/assets/pipeline")
+    return _generate(args, pipeline_dir, args.audio, args.identity, args.output)
 
 
 def cmd_demo(args) -> int:
@@ -173,9 +171,13 @@ def cmd_demo(args) -> int:
 
     assets = _assets_dir()
     pipeline_dir = args.pipeline
+    speech, identity = assets / "demo_speech.wav", assets / "demo_identity.png"
+    if not (speech.is_file() and identity.is_file()):
+        # The bundled person is missing (a trimmed install): the synthetic voice and a public-domain photo.
+        speech, identity = assets / "speech_demo.wav", data.astronaut()
     if pipeline_dir is None:
-        bundled = assets / "pipeline"
-        if (bundled / "model_index.json").is_file():
+        bundled = _bundled_pipeline()
+        if bundled is not None:
             pipeline_dir = str(bundled)
         else:
             # No trained pipeline ships yet: make (once) and use a random tiny one, and say so.
@@ -187,8 +189,8 @@ def cmd_demo(args) -> int:
                 save_pipeline_atomic(build_pipeline("tiny"), pipeline_dir)
             print(f"note: no trained pipeline is bundled yet; using the UNTRAINED tiny pipeline in {pipeline_dir} "
                   "(the video shows the tooling end to end, not a trained result)", file=sys.stderr)
-    identity = data.astronaut()  # public-domain NASA photo shipped with scikit-image
-    return _generate(args, pipeline_dir, str(assets / "speech_demo.wav"), identity, args.output)
+    identity = identity if not isinstance(identity, Path) else str(identity)
+    return _generate(args, pipeline_dir, str(speech), identity, args.output)
 
 
 def _exit_on_sigterm(signum, frame):

@@ -12,6 +12,9 @@ EMOTIONS = ("neutral", "angry", "contempt", "disgusted", "fear", "happy", "sad",
 NUM_EMOTIONS = len(EMOTIONS)
 # Class id of the "no emotion" row used for classifier-free guidance.
 NULL_EMOTION = NUM_EMOTIONS
+# The name that asks for that row: the models' unconditional output. A model trained on unlabelled video
+# (the bundled default) has learned only this row.
+NO_EMOTION = "none"
 
 SAMPLE_RATE = 16_000  # Hz, mono float32 audio everywhere after decoding
 DEFAULT_FPS = 25.0
@@ -26,6 +29,17 @@ def emotion_to_id(name: str) -> int:
     if key not in EMOTIONS:
         raise ValueError(f"unknown emotion {name!r}; expected one of {', '.join(EMOTIONS)}")
     return EMOTIONS.index(key)
+
+
+def emotion_label(name: str) -> int:
+    """Like `emotion_to_id`, but also accepts "none" (`NO_EMOTION`): the null class, NULL_EMOTION."""
+    if str(name).strip().lower() == NO_EMOTION:
+        return NULL_EMOTION
+    try:
+        return emotion_to_id(name)
+    except ValueError:
+        raise ValueError(f"unknown emotion {name!r}; expected one of {', '.join(EMOTIONS)} or {NO_EMOTION!r} "
+                         "(no emotion: the unconditional output)") from None
 
 
 def normalize_landmarks(points, size):

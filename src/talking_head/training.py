@@ -448,6 +448,79 @@ def step_delay() -> None:
 
 
 # ------------------------------------------------------------------------------------------------- logging
+class UpdateLoop:
+    """The training loop all three trainers share, around their own forward/backward/step.
+
+        loop = UpdateLoop(accelerator, args, ...)
+        for batch in loop:                       # epochs, resume position and per-step seeds handled here
+            with accelerator.accumulate(model):
+                ...; loop.add_loss(mean_loss); accelerator.backward(loss); optimizer.step(); ...
+            loop.end_micro_step(batch, loss.item(), lr_scheduler)
+
+    After each optimizer update (`sync_gradients`): EMA step, progress bar, `train/loss` and `train/lr` logging,
+    `save_state` every `--checkpointing_steps`, `validate()` every `--validation_steps` (main process), and a
+    checkpoint plus validation at the last update. `global_step` and `epoch` are read by the caller afterwards.
+    """
+
+    def __init__(self, accelerator, args, *, train_dataloader, sampler, output_dir, run_shape: dict,
+                 global_step: int, first_epoch: int, skip_batches: int, metrics, batches, validate,
+                 ema=None, ema_model=None, loss_format: str = ".4f"):
+        from tqdm.auto import tqdm
+
+        self.accelerator, self.args = accelerator, args
+        self.train_dataloader, self.sampler = train_dataloader, sampler
+        self.output_dir, self.run_shape = output_dir, run_shape
+        self.global_step, self.epoch = global_step, first_epoch
+        self.first_epoch, self.skip_batches = first_epoch, skip_batches
+        self.metrics, self.batches, self.validate = metrics, batches, validate
+        self.ema, self.ema_model, self.loss_format = ema, ema_model, loss_format
+        self.micro_step, self.accumulated_loss, self.done = 0, 0.0, global_step >= args.max_train_steps
+        self.progress = tqdm(range(args.max_train_steps), initial=global_step, desc="updates",
+                             disable=not accelerator.is_local_main_process)
+
+    def __iter__(self):
+        args, accelerator = self.args, self.accelerator
+        while not self.done:
+            skip = self.skip_batches if self.epoch == self.first_epoch else 0
+            for batch in epoch_dataloader(accelerator, self.train_dataloader, self.sampler, self.epoch, skip):
+                seed_step(args.seed, accelerator.process_index, self.global_step, self.micro_step)
+                yield batch
+                if self.done:
+                    break
+            else:
+                self.epoch += 1
+        self.progress.close()
+
+    def add_loss(self, mean_loss: float) -> None:
+        """Add one micro-batch's loss (averaged over processes) to the update's logged loss."""
+        self.accumulated_loss += mean_loss / self.accelerator.gradient_accumulation_steps
+
+    def end_micro_step(self, batch: dict, loss: float, lr_scheduler) -> None:
+        args, accelerator = self.args, self.accelerator
+        self.batches.write(step=self.global_step, micro=self.micro_step, epoch=self.epoch, ids=batch_ids(batch),
+                           loss=loss, lr=lr_scheduler.get_last_lr()[0])
+        self.micro_step += 1
+        if not accelerator.sync_gradients:
+            return
+        self.micro_step = 0
+        if self.ema is not None:
+            self.ema.step(self.ema_model.parameters())
+        self.global_step += 1
+        self.progress.update(1)
+        lr = lr_scheduler.get_last_lr()[0]
+        log_scalars(accelerator, self.metrics, {"train/loss": self.accumulated_loss, "train/lr": lr}, self.global_step)
+        self.progress.set_postfix(loss=format(self.accumulated_loss, self.loss_format), lr=f"{lr:.2e}")
+        self.accumulated_loss = 0.0
+        self.done = self.global_step >= args.max_train_steps
+        if self.global_step % args.checkpointing_steps == 0 or self.done:
+            save_checkpoint(accelerator, self.output_dir, self.global_step, {**self.run_shape, "epoch": self.epoch},
+                            args.checkpoints_total_limit)
+        if (args.validation_steps and self.global_step % args.validation_steps == 0) or self.done:
+            if accelerator.is_main_process:
+                self.validate()
+        step_delay()
+
+
 class JsonlLog:
     """Append-only JSON-lines file (one object per line); a no-op when `path` is None."""
 
@@ -618,7 +691,7 @@ def build_mask_noise(resolution: int, noise_type: str = "uniform_replace"):
                              threshold=ref.config.threshold, noise_type=noise_type)
 
 
-def build_unet(preset: str, resolution: int, in_channels: int = 7):
+def build_unet(preset: str, resolution: int, in_channels: int = 7, condition_skip: bool = False):
     """A freshly initialised ClassConditionedUNet3DModel of a talking_head.presets preset at `resolution`."""
     from talking_head.models.unet_3d_class import ClassConditionedUNet3DModel
     from talking_head.presets import PRESETS
@@ -631,7 +704,7 @@ def build_unet(preset: str, resolution: int, in_channels: int = 7):
         raise ValueError(f"--resolution {resolution} must be divisible by {factor} for the {preset} UNet")
     return ClassConditionedUNet3DModel(sample_size=resolution, in_channels=in_channels, out_channels=3,
                                        block_out_channels=spec["block_out_channels"],
-                                       layers_per_block=spec["layers_per_block"])
+                                       layers_per_block=spec["layers_per_block"], condition_skip=condition_skip)
 
 
 # ------------------------------------------------------------------------------------- diffusion training pair

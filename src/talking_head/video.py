@@ -89,7 +89,10 @@ class VideoWriter:
     sides: a frame with an odd width or height gets its last column/row
     repeated once (the output is then one pixel wider/taller). Every other
     size is encoded as is (no rounding up to 16-pixel macro blocks, no
-    rescaling). `crf` is x264's quality (0 lossless .. 51 worst, 18 is visually
+    rescaling) unless `min_size` is given: frames whose short side is smaller
+    are then scaled up (Lanczos, inside ffmpeg, keeping the aspect ratio) so
+    that it is `min_size`, for display; the input frames stay as they are.
+    `crf` is x264's quality (0 lossless .. 51 worst, 18 is visually
     lossless). The audio (anything `load_audio` accepts; an array is taken at
     `sample_rate`) is downmixed to mono and encoded as AAC; it is kept whole,
     so when its length differs from the frames' by more than a frame a
@@ -97,7 +100,8 @@ class VideoWriter:
     If an exception leaves the `with` block, nothing is written to `path`.
     """
 
-    def __init__(self, path, fps: float, audio=None, sample_rate: int = SAMPLE_RATE, crf: int = 18):
+    def __init__(self, path, fps: float, audio=None, sample_rate: int = SAMPLE_RATE, crf: int = 18,
+                 min_size: int | None = None):
         self.path = Path(os.fspath(path))
         fmt = _FORMATS.get(self.path.suffix.lower())
         if fmt is None:
@@ -120,8 +124,12 @@ class VideoWriter:
             or not 0 <= crf <= 51
         ):
             raise ValueError(f"crf must be an integer from 0 to 51, got {crf!r}")
+        if min_size is not None and (isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer))
+                                     or min_size < 2):
+            raise ValueError(f"min_size must be a whole number of pixels >= 2, got {min_size!r}")
         self.fps = float(fps)
         self.crf = int(crf)
+        self.min_size = None if min_size is None else int(min_size)
         self._format = fmt
         self._audio = None
         self._audio_rate = None
@@ -162,6 +170,11 @@ class VideoWriter:
                 cmd += ["-ar", "48000"]  # e.g. 192 kHz or 1 kHz audio: AAC cannot store it
         else:
             cmd += ["-map", "0:v:0"]
+        short = min(h + h % 2, w + w % 2)
+        if self.min_size is not None and short < self.min_size:
+            scale = self.min_size / short
+            out_w, out_h = (2 * round(side * scale / 2) for side in (w + w % 2, h + h % 2))  # even sides
+            cmd += ["-vf", f"scale={out_w}:{out_h}:flags=lanczos"]
         cmd += ["-c:v", "libx264", "-preset", "medium", "-crf", str(self.crf)]
         cmd += ["-pix_fmt", "yuv420p"]
         if self._format in ("mp4", "mov"):

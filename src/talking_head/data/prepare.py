@@ -75,6 +75,7 @@ from pathlib import Path
 
 import numpy as np
 
+from talking_head.argtypes import positive_float, whole_number
 from talking_head.constants import DEFAULT_FPS, EMOTIONS
 from talking_head.data import layout
 from talking_head.data.process import (
@@ -605,19 +606,6 @@ def _fps_arg(text: str):
     return v
 
 
-def _int_at_least(lo):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"expected a number >= {lo}, got {v}")
-        return v
-
-    return parse
-
-
 def _fraction(text):
     try:
         v = float(text)
@@ -628,21 +616,12 @@ def _fraction(text):
     return v
 
 
-def _positive(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return v
-
 
 def add_prepare_parser(sub) -> argparse.ArgumentParser:
     """Register `prepare {video,mead,emotion-audio}` on the CLI's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output", required=True, help="prepared dataset folder (created; re-runs resume)")
-    common.add_argument("--workers", type=_int_at_least(1), default=min(2, os.cpu_count() or 1),
+    common.add_argument("--workers", type=whole_number(1), default=min(2, os.cpu_count() or 1),
                         help="worker processes (default 2)")
     common.add_argument("--redo", action="store_true", help="prepare again even what is already done")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -650,12 +629,12 @@ def add_prepare_parser(sub) -> argparse.ArgumentParser:
     vid = argparse.ArgumentParser(add_help=False)
     vid.add_argument("--fps", type=_fps_arg, default=DEFAULT_FPS,
                      help="frame rate to resample to, or 'source' to keep it (default 25)")
-    vid.add_argument("--size", type=_int_at_least(16), default=256, help="crop side in pixels (default 256)")
-    vid.add_argument("--max-seconds", type=_positive, default=None,
+    vid.add_argument("--size", type=whole_number(16), default=256, help="crop side in pixels (default 256)")
+    vid.add_argument("--max-seconds", type=positive_float, default=None,
                      help="use only the first N seconds of each video (quick checks)")
     vid.add_argument("--min-face-fraction", type=_fraction, default=0.5,
                      help="fail a video when a face is found on fewer frames (default 0.5)")
-    vid.add_argument("--chunk-seconds", type=_positive, default=CHUNK_SECONDS,
+    vid.add_argument("--chunk-seconds", type=positive_float, default=CHUNK_SECONDS,
                      help="videos longer than this have face detection split across workers")
 
     p = sub.add_parser("prepare", help="turn videos, MEAD or emotion-labelled speech into a prepared dataset",

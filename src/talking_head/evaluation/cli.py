@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from talking_head.argtypes import non_negative_int, positive_float, positive_int
 from talking_head.constants import EMOTIONS
 
 
@@ -32,36 +33,6 @@ def _str_list(text: str) -> tuple[str, ...]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (value > 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
 def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `evaluate` subcommand to `subparsers`; it sets `handler=cmd_evaluate`."""
     p = subparsers.add_parser(
@@ -77,30 +48,30 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--output", default="evaluation-report", help="report folder (default: ./evaluation-report)")
     p.add_argument("--methods", type=_str_list, default=("static", "pipeline", "gt_landmarks"),
                    help="comma-separated rows: static (floor), pipeline, gt_landmarks (ceiling); default all")
-    p.add_argument("--max-clips", type=_positive_int, default=None, help="evaluate at most this many clips")
-    p.add_argument("--max-seconds", type=_positive_float, default=None,
+    p.add_argument("--max-clips", type=positive_int, default=None, help="evaluate at most this many clips")
+    p.add_argument("--max-seconds", type=positive_float, default=None,
                    help="evaluate only the first S seconds of each clip (default: whole clips)")
     p.add_argument("--sampler", default="ddpm",
                    help="sampler of the method rows and the t-start sweep: ddpm, ddim or dpm, optionally :STEPS "
                         "(default ddpm = one step per timestep; ddim 50, dpm 25)")
-    p.add_argument("--base-t-start", type=_positive_int, default=300,
+    p.add_argument("--base-t-start", type=positive_int, default=300,
                    help="SDEdit start of the method rows and the sampler sweep (default 300, the paper's)")
     p.add_argument("--t-start", type=_int_list, default=(), metavar="T1,T2,...",
                    help="t_start sweep, e.g. 100,200,300,400,500,1000 (the paper's Table 2)")
     p.add_argument("--scheduler", type=_str_list, default=(), metavar="NAME:STEPS,...",
                    help="sampler sweep, e.g. ddpm:300,ddim:50,dpm:25 (quality and seconds per generated second)")
     p.add_argument("--emotion", default="auto",
-                   help="emotion to generate with: auto (the clip's label, else the classifier, else neutral), "
-                        f"classifier, or one of {', '.join(EMOTIONS)}")
+                   help="emotion to generate with: auto (the clip's label, else the classifier, else none), "
+                        f"classifier, none (the null class), or one of {', '.join(EMOTIONS)}")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="emotion guidance; 1 = off")
     p.add_argument("--emotion-data", default=None,
                    help="prepared emotion-audio dataset for the classifier (default: --data's labelled audio)")
     p.add_argument("--emotion-split", default=None, help="its split (default: --split)")
     p.add_argument("--emotion-classifier", default=None,
                    help="a classifier checkpoint directory to score instead of the pipeline's")
-    p.add_argument("--samples", type=_non_negative_int, default=2,
+    p.add_argument("--samples", type=non_negative_int, default=2,
                    help="write side-by-side sample videos for the first N clips of each method (default 2)")
-    p.add_argument("--resolution", type=_positive_int, default=None,
+    p.add_argument("--resolution", type=positive_int, default=None,
                    help="scoring resolution without a pipeline (static floor only; default: the stored size)")
     p.add_argument("--no-landmarks", action="store_true", help="skip dlib landmark distances (faster)")
     p.add_argument("--seed", type=int, default=0)

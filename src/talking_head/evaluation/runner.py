@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from talking_head.constants import EMOTIONS, SAMPLE_RATE
+from talking_head.constants import EMOTIONS, NO_EMOTION, SAMPLE_RATE
 from talking_head.evaluation.clips import EvalClip, load_clips
 from talking_head.evaluation.metrics import LD_SIZE, landmark_distance
 from talking_head.evaluation.scoring import ClipScorer, GroundTruthLandmarks, LandmarkDetector, combine, identity_crop
@@ -228,8 +228,9 @@ class Evaluation:
             raise ValueError(f"--max-clips must be >= 1, got {cfg.max_clips}")
         if cfg.samples < 0:
             raise ValueError(f"--samples must be >= 0, got {cfg.samples}")
-        if cfg.emotion not in ("auto", "classifier") and cfg.emotion not in EMOTIONS:
-            raise ValueError(f"--emotion must be auto, classifier or one of {', '.join(EMOTIONS)}; got {cfg.emotion!r}")
+        if cfg.emotion not in ("auto", "classifier", NO_EMOTION) and cfg.emotion not in EMOTIONS:
+            raise ValueError(f"--emotion must be auto, classifier, {NO_EMOTION} or one of {', '.join(EMOTIONS)}; "
+                             f"got {cfg.emotion!r}")
         from talking_head.schedulers.scheduling_sdedit import validate_t_start
 
         for t in (cfg.t_start, *cfg.t_start_sweep):
@@ -289,7 +290,7 @@ class Evaluation:
     def _emotion_for(self, clip: EvalClip) -> tuple[str, str]:
         """(emotion name used to generate the clip, where it came from)."""
         mode = self.cfg.emotion
-        if mode in EMOTIONS:
+        if mode in EMOTIONS or mode == NO_EMOTION:
             return mode, "given"
         if mode == "auto" and clip.emotion is not None:
             return clip.emotion, "label"
@@ -298,19 +299,19 @@ class Evaluation:
             return EMOTIONS[int(probs[0].argmax())], "classifier"
         if mode == "classifier":
             raise ValueError("--emotion classifier: the pipeline has no emotion classifier")
-        return "neutral", "default (no label, no classifier)"
+        return NO_EMOTION, "default (no label, no classifier: the null class)"
 
     # ------------------------------------------------------------------ landmark model
     def _predicted_landmarks(self, clip: EvalClip) -> np.ndarray:
         """(F, 68, 2) the landmark model's prediction for the clip, in pixels of a 256x256 crop."""
         import torch
 
-        from talking_head.constants import emotion_to_id
+        from talking_head.constants import emotion_label
 
         pipe = self.pipe
         wave = torch.from_numpy(clip.audio)[None]
         ident = torch.from_numpy(clip.reference_landmarks / float(clip.size))[None].float()
-        labels = torch.tensor([emotion_to_id(self.emotions[clip.clip_id][0])])
+        labels = torch.tensor([emotion_label(self.emotions[clip.clip_id][0])])
         pred = pipe.predict_landmarks(wave, ident, clip.num_frames, clip.fps, labels)[0].numpy()
         return (pred * LD_SIZE).astype(np.float32)
 
