@@ -367,14 +367,7 @@ def main(argv=None) -> None:
                                        t, p_uncond=args.p_uncond)
             pred = unet(pair.model_input, pair.timesteps, class_labels=pair.class_labels).sample
             loss = F.mse_loss(pred.float(), pair.target.float())
-            mean_loss = accelerator.gather(loss.detach().repeat(frames.shape[0])).mean()
-            loop.add_loss(mean_loss.item())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loop.backward_and_step(loss, frames.shape[0], optimizer, lr_scheduler, unet.parameters())
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
 

@@ -238,14 +238,7 @@ def main(argv=None) -> None:
             logits = model(batch["input_values"], attention_mask=batch["attention_mask"]).logits
             loss = F.cross_entropy(logits.float(), batch["labels"], weight=weights,
                                    label_smoothing=args.label_smoothing)
-            mean_loss = accelerator.gather(loss.detach().repeat(logits.shape[0])).mean()
-            loop.add_loss(mean_loss.item())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loop.backward_and_step(loss, logits.shape[0], optimizer, lr_scheduler, params)
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
 

@@ -249,14 +249,7 @@ def main(argv=None) -> None:
             pred = forward(model, batch, labels)
             loss = landmark_loss(pred, batch["landmarks"], mouth_weight=args.mouth_weight,
                                  all_weight=args.all_weight, velocity_weight=args.velocity_weight)
-            mean_loss = accelerator.gather(loss.detach().repeat(pred.shape[0])).mean()
-            loop.add_loss(mean_loss.item())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            loop.backward_and_step(loss, pred.shape[0], optimizer, lr_scheduler, params)
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
 

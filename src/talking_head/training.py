@@ -454,7 +454,7 @@ class UpdateLoop:
         loop = UpdateLoop(accelerator, args, ...)
         for batch in loop:                       # epochs, resume position and per-step seeds handled here
             with accelerator.accumulate(model):
-                ...; loop.add_loss(mean_loss); accelerator.backward(loss); optimizer.step(); ...
+                loss = ...; loop.backward_and_step(loss, batch_size, optimizer, lr_scheduler, params)
             loop.end_micro_step(batch, loss.item(), lr_scheduler)
 
     After each optimizer update (`sync_gradients`): EMA step, progress bar, `train/loss` and `train/lr` logging,
@@ -491,9 +491,18 @@ class UpdateLoop:
                 self.epoch += 1
         self.progress.close()
 
-    def add_loss(self, mean_loss: float) -> None:
-        """Add one micro-batch's loss (averaged over processes) to the update's logged loss."""
-        self.accumulated_loss += mean_loss / self.accelerator.gradient_accumulation_steps
+    def backward_and_step(self, loss, batch_size: int, optimizer, lr_scheduler, parameters) -> None:
+        """Inside `accelerator.accumulate`: add the loss (averaged over processes) to the update's logged loss,
+        backward, clip the gradients of `parameters` on the syncing micro-step, optimizer and LR steps."""
+        accelerator = self.accelerator
+        mean_loss = accelerator.gather(loss.detach().repeat(batch_size)).mean()
+        self.accumulated_loss += mean_loss.item() / accelerator.gradient_accumulation_steps
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and self.args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(parameters, self.args.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def end_micro_step(self, batch: dict, loss: float, lr_scheduler) -> None:
         args, accelerator = self.args, self.accelerator
