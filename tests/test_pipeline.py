@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import PIL.Image
@@ -93,6 +94,9 @@ def test_save_load_round_trip_gives_identical_output(pipe, identity, tmp_path):
     assert index["landmark_model"][1] == "KFusionLandmarkModel"
     assert index["clip_frames"] == 16
     assert list(out_dir.glob("unet/*.safetensors")) and not list(out_dir.rglob("*.bin"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out_dir.stat().st_mode & 0o777 == 0o777 & ~umask  # not the temp folder's private 0700
     loaded = TalkingHeadPipeline.from_pretrained(out_dir)
     loaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(run(loaded, identity).frames, run(pipe, identity).frames)

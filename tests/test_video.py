@@ -189,3 +189,12 @@ def test_min_size_scales_small_frames_up_for_viewing(tmp_path):
     assert probe_media(big)["video_size"] == (48, 32)
     with pytest.raises(ValueError, match="min_size must be a whole number"):
         VideoWriter(tmp_path / "x.mp4", fps=10, min_size=0)
+
+
+def test_written_file_gets_the_umask_mode_not_the_temp_files_private_one(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_video(tmp_path / "mode.mp4", np.zeros((2, 16, 16, 3), np.uint8), 10)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -27,6 +27,14 @@ def replace_dir_atomic(tmp_dir: Path, target: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def make_public(path, directory: bool = False) -> None:
+    """Give a file or folder made by `tempfile` (always private, 0600/0700) the mode a plain `open`/`mkdir`
+    would have given it under the current umask, before it is renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 def save_pipeline_atomic(pipe, output, **kwargs) -> Path:
     """`pipe.save_pretrained(output)` written to a temporary sibling first, then renamed into place."""
     target = Path(output).resolve()
@@ -34,6 +42,7 @@ def save_pipeline_atomic(pipe, output, **kwargs) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True, **kwargs)
+        make_public(tmp, directory=True)
         replace_dir_atomic(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

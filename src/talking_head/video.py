@@ -25,6 +25,7 @@ import numpy as np
 
 from talking_head.audio import _check_rate, ffmpeg_exe, load_audio
 from talking_head.constants import SAMPLE_RATE
+from talking_head.utils import make_public
 
 # Seconds ffmpeg may need after the last frame to flush its encoder queue and
 # mux the audio; only a hung process takes anywhere near this long.
@@ -263,6 +264,7 @@ class VideoWriter:
             err = self._ffmpeg_error()
             self._abort()
             raise RuntimeError(f"ffmpeg failed to write {self.path} (exit {rc}): {err}")
+        make_public(self._tmp_video)
         os.replace(self._tmp_video, self.path)
         self._tmp_video = None
         self._done = True
