@@ -21,10 +21,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
+
+from _memory import peak_memory  # benchmarks/_memory.py, beside this script
 
 
 def run_one(preset: str, size: int, sampler: str, device: str, seconds: float, max_steps: int | None) -> dict:
@@ -79,12 +80,7 @@ def run_one(preset: str, size: int, sampler: str, device: str, seconds: float, m
         "frames_per_s": round(frames / full, 4), "extrapolated": run_steps != steps,
         "unet_params_M": round(sum(p.numel() for p in pipe.unet.parameters()) / 1e6, 3),
     }
-    if device.startswith("cuda"):
-        result["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        result["peak_mem_kind"] = "cuda allocated"
-    else:
-        result["peak_mem_MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        result["peak_mem_kind"] = "process max RSS"
+    result.update(peak_memory(device.startswith("cuda")))
     return result
 
 

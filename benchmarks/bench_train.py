@@ -22,10 +22,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
+
+from _memory import peak_memory  # benchmarks/_memory.py, beside this script
 
 
 def run_one(preset: str, size: int, device: str, batch_size: int, clip_frames: int, steps: int, warmup: int,
@@ -96,13 +97,9 @@ def run_one(preset: str, size: int, device: str, batch_size: int, clip_frames: i
         "precision": "bf16 autocast" if cuda else "fp32", "threads": torch.get_num_threads(),
         "gradient_checkpointing": gradient_checkpointing,
     }
+    result.update(peak_memory(cuda))
     if cuda:
-        result["peak_mem_MB"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        result["peak_mem_kind"] = "cuda allocated"
         result["device_name"] = torch.cuda.get_device_name()
-    else:
-        result["peak_mem_MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        result["peak_mem_kind"] = "process max RSS"
     return result
 
 

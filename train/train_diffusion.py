@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 
 from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
 from talking_head.models.emotion_classifier import (build_emotion_classifier, build_emotion_feature_extractor,
@@ -47,11 +44,11 @@ from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 from talking_head.presets import PRESETS
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, default_ddpm_scheduler
 from talking_head.training import (
-    UpdateLoop, PREDICTION_TYPES, TIMESTEP_SAMPLING, JsonlLog, add_common_args, batch_log, build_mask_noise,
-    build_unet, check_common_args, check_resume_compatible, finish, held_out, init_trackers, load_checkpoint,
-    log_scalars, log_video, make_accelerator, make_dataloader, make_diffusion_pair, metrics_log, predicted_sample,
-    psnr, resolve_data_dir, resolve_resume_checkpoint, resume_position, sample_timesteps, to_uint8_video,
-    upscale_frames, weights_checksum, write_validation_mp4,
+    JsonlLog, PREDICTION_TYPES, TIMESTEP_SAMPLING, UpdateLoop, add_common_args, batch_log, build_mask_noise,
+    build_unet, check_common_args, finish, held_out, init_trackers, log_scalars, log_video, make_accelerator,
+    make_dataloader, make_diffusion_pair, make_ema, make_lr_scheduler, metrics_log, predicted_sample, psnr,
+    resolve_data_dir, sample_timesteps, start_or_resume, to_uint8_video, upscale_frames, weights_checksum,
+    write_validation_mp4,
 )
 from talking_head.utils import save_pipeline_atomic
 
@@ -287,41 +284,18 @@ def main(argv=None) -> None:
     train_dataloader, sampler = make_dataloader(train_dataset, args.train_batch_size, args.seed,
                                                 args.dataloader_num_workers, collate_clips)
     # The prepared scheduler steps once per process per update (Accelerate), hence the factor.
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
     unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader,
                                                                           lr_scheduler)
     mask_noise.to(accelerator.device)
     # The EMA starts from the prepared (on every process identical) weights.
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(accelerator.unwrap_model(unet).parameters(), decay=args.ema_decay, use_ema_warmup=True,
-                       power=3 / 4, model_cls=ClassConditionedUNet3DModel,
-                       model_config=accelerator.unwrap_model(unet).config)
-        accelerator.register_for_checkpointing(ema)
+    ema = make_ema(accelerator, args, unet, ClassConditionedUNet3DModel)
 
-    updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.gradient_accumulation_steps)
-    run_shape = {"num_processes": accelerator.num_processes, "train_batch_size": args.train_batch_size,
-                 "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-                 "max_train_steps": args.max_train_steps, "seed": args.seed, "lr_scheduler": args.lr_scheduler,
-                 "prediction_type": args.prediction_type}
     init_trackers(accelerator, args, "train_diffusion")
     metrics = metrics_log(accelerator, output_dir)
     batches = batch_log(accelerator, args)
-
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    resume = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    if resume is not None:
-        state = load_checkpoint(accelerator, resume)
-        if ema is not None:
-            ema.to(accelerator.device)
-        check_resume_compatible(state, run_shape)
-        global_step = int(state["global_step"])
-        first_epoch, skip_batches = resume_position(global_step, updates_per_epoch,
-                                                    accelerator.gradient_accumulation_steps)
-        logger.info(f"resumed from {resume} at global step {global_step} (epoch {first_epoch}, skipping "
-                    f"{skip_batches} batches of it)")
+    run_shape, global_step, first_epoch, skip_batches = start_or_resume(
+        accelerator, args, output_dir, train_dataloader, ema, prediction_type=args.prediction_type)
 
     logger.info(f"{len(train_dataset)} training clips of {args.clip_frames} frames at {args.resolution}² from "
                 f"{data_dir}; {accelerator.num_processes} process(es) x batch {args.train_batch_size} x "

@@ -25,24 +25,21 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 
 from talking_head.constants import EMOTIONS, NUM_EMOTIONS, SAMPLE_RATE
 from talking_head.data.dataset import EmotionAudioDataset
 from talking_head.models.emotion_classifier import (EMOTION_CLASSIFIER_PRESETS, build_emotion_classifier,
                                                     build_emotion_feature_extractor, load_emotion_classifier)
 from talking_head.training import (
-    UpdateLoop, JsonlLog, add_common_args, batch_log, check_common_args, check_resume_compatible, finish, held_out,
-    init_trackers, load_checkpoint, log_scalars, make_accelerator, make_dataloader, metrics_log, resolve_data_dir,
-    resolve_resume_checkpoint, resume_position, save_component_atomic, weights_checksum,
+    JsonlLog, UpdateLoop, add_common_args, batch_log, check_common_args, finish, held_out, init_trackers,
+    log_scalars, make_accelerator, make_dataloader, make_ema, make_lr_scheduler, metrics_log, resolve_data_dir,
+    save_component_atomic, start_or_resume, weights_checksum,
 )
 
 logger = logging.getLogger("train_emotion")
@@ -173,39 +170,18 @@ def main(argv=None) -> None:
     train_dataloader, sampler = make_dataloader(train_dataset, args.train_batch_size, args.seed,
                                                 args.dataloader_num_workers,
                                                 functools.partial(collate_emotion, extractor=extractor))
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
     weights = weights.to(accelerator.device)
     # The EMA starts from the prepared (on every process identical) weights.
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_decay, use_ema_warmup=True,
-                       power=3 / 4)
-        accelerator.register_for_checkpointing(ema)
+    ema = make_ema(accelerator, args, model)
 
-    updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.gradient_accumulation_steps)
-    run_shape = {"num_processes": accelerator.num_processes, "train_batch_size": args.train_batch_size,
-                 "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-                 "max_train_steps": args.max_train_steps, "seed": args.seed, "lr_scheduler": args.lr_scheduler}
     init_trackers(accelerator, args, "train_emotion")
     metrics = metrics_log(accelerator, output_dir)
     batches = batch_log(accelerator, args)
-
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    resume = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    if resume is not None:
-        state = load_checkpoint(accelerator, resume)
-        if ema is not None:
-            ema.to(accelerator.device)
-        check_resume_compatible(state, run_shape)
-        global_step = int(state["global_step"])
-        first_epoch, skip_batches = resume_position(global_step, updates_per_epoch,
-                                                    accelerator.gradient_accumulation_steps)
-        logger.info(f"resumed from {resume} at global step {global_step} (epoch {first_epoch}, skipping "
-                    f"{skip_batches} batches of it)")
+    run_shape, global_step, first_epoch, skip_batches = start_or_resume(
+        accelerator, args, output_dir, train_dataloader, ema)
 
     unwrapped = accelerator.unwrap_model(model)
     logger.info(f"{len(train_dataset)} training utterances from {data_dir}; {accelerator.num_processes} "

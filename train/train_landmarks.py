@@ -23,23 +23,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 
 from talking_head.constants import NUM_EMOTIONS
 from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 from talking_head.training import (
-    UpdateLoop, LANDMARK_PRESETS, JsonlLog, add_common_args, batch_log, check_common_args, check_resume_compatible,
-    draw_landmarks, finish, held_out, init_trackers, landmark_distance, load_checkpoint, log_scalars, log_video,
-    make_accelerator, make_dataloader, metrics_log, resolve_data_dir, resolve_resume_checkpoint, resume_position,
-    save_component_atomic, to_uint8_video, weights_checksum, write_validation_mp4,
+    JsonlLog, LANDMARK_PRESETS, UpdateLoop, add_common_args, batch_log, check_common_args, draw_landmarks, finish,
+    held_out, init_trackers, landmark_distance, log_scalars, log_video, make_accelerator, make_dataloader, make_ema,
+    make_lr_scheduler, metrics_log, resolve_data_dir, save_component_atomic, start_or_resume, to_uint8_video,
+    weights_checksum, write_validation_mp4,
 )
 
 logger = logging.getLogger("train_landmarks")
@@ -181,39 +178,17 @@ def main(argv=None) -> None:
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     train_dataloader, sampler = make_dataloader(train_dataset, args.train_batch_size, args.seed,
                                                 args.dataloader_num_workers, collate_clips)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
     # The EMA starts from the prepared (on every process identical) weights.
-    ema = None
-    if args.use_ema:
-        ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=args.ema_decay, use_ema_warmup=True,
-                       power=3 / 4, model_cls=KFusionLandmarkModel,
-                       model_config=accelerator.unwrap_model(model).config)
-        accelerator.register_for_checkpointing(ema)
+    ema = make_ema(accelerator, args, model, KFusionLandmarkModel)
 
-    updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.gradient_accumulation_steps)
-    run_shape = {"num_processes": accelerator.num_processes, "train_batch_size": args.train_batch_size,
-                 "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
-                 "max_train_steps": args.max_train_steps, "seed": args.seed, "lr_scheduler": args.lr_scheduler}
     init_trackers(accelerator, args, "train_landmarks")
     metrics = metrics_log(accelerator, output_dir)
     batches = batch_log(accelerator, args)
-
-    global_step, first_epoch, skip_batches = 0, 0, 0
-    resume = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
-    if resume is not None:
-        state = load_checkpoint(accelerator, resume)
-        if ema is not None:
-            ema.to(accelerator.device)
-        check_resume_compatible(state, run_shape)
-        global_step = int(state["global_step"])
-        first_epoch, skip_batches = resume_position(global_step, updates_per_epoch,
-                                                    accelerator.gradient_accumulation_steps)
-        logger.info(f"resumed from {resume} at global step {global_step} (epoch {first_epoch}, skipping "
-                    f"{skip_batches} batches of it)")
+    run_shape, global_step, first_epoch, skip_batches = start_or_resume(
+        accelerator, args, output_dir, train_dataloader, ema)
 
     unwrapped = accelerator.unwrap_model(model)
     logger.info(f"{len(train_dataset)} training windows of {args.clip_frames} frames from {data_dir}; "

@@ -377,6 +377,57 @@ def resume_position(global_step: int, updates_per_epoch: int, gradient_accumulat
 
 
 # ----------------------------------------------------------------------------------------------- data order
+def make_lr_scheduler(args, optimizer, accelerator):
+    """diffusers' `get_scheduler` over the run (warm-up and length in updates; the prepared scheduler steps once
+    per process, hence the scaling)."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                         num_training_steps=args.max_train_steps * accelerator.num_processes)
+
+
+def make_ema(accelerator, args, model, model_cls=None):
+    """diffusers' `EMAModel` of the prepared (on every process identical) weights, saved with the checkpoints;
+    None without `--use_ema`. `model_cls` (a diffusers model class) lets the EMA be saved as that model."""
+    if not args.use_ema:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    unwrapped = accelerator.unwrap_model(model)
+    extra = {"model_cls": model_cls, "model_config": unwrapped.config} if model_cls is not None else {}
+    ema = EMAModel(unwrapped.parameters(), decay=args.ema_decay, use_ema_warmup=True, power=3 / 4, **extra)
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
+def start_or_resume(accelerator, args, output_dir, train_dataloader, ema=None, **shape) -> tuple[dict, int, int, int]:
+    """The run's shape and where training starts: `(run_shape, global_step, first_epoch, skip_batches)`.
+
+    With `--resume_from_checkpoint`, loads the checkpoint (after `accelerator.prepare` and
+    `register_for_checkpointing`), warns if the run's shape changed and returns its position; otherwise step 0.
+    `shape` adds script-specific entries to the run shape (e.g. the prediction type).
+    """
+    run_shape = {"num_processes": accelerator.num_processes, "train_batch_size": args.train_batch_size,
+                 "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+                 "max_train_steps": args.max_train_steps, "seed": args.seed, "lr_scheduler": args.lr_scheduler,
+                 **shape}
+    resume = resolve_resume_checkpoint(args.resume_from_checkpoint, output_dir)
+    if resume is None:
+        return run_shape, 0, 0, 0
+    state = load_checkpoint(accelerator, resume)
+    if ema is not None:
+        ema.to(accelerator.device)
+    check_resume_compatible(state, run_shape)
+    global_step = int(state["global_step"])
+    updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.gradient_accumulation_steps)
+    first_epoch, skip_batches = resume_position(global_step, updates_per_epoch,
+                                                accelerator.gradient_accumulation_steps)
+    logging.getLogger(__name__).info(f"resumed from {resume} at global step {global_step} (epoch {first_epoch}, "
+                                     f"skipping {skip_batches} batches of it)")
+    return run_shape, global_step, first_epoch, skip_batches
+
+
 class ResumableRandomSampler(torch.utils.data.Sampler):
     """Epoch `e` visits the items in the order `default_rng([seed, e]).permutation(n)`.
 
