@@ -357,7 +357,6 @@ def main(argv=None) -> None:
                                    emotion_classifier=classifier, feature_extractor=extractor,
                                    clip_frames=args.clip_frames, clip_overlap=clip_overlap_for(args.clip_frames))
         path = save_pipeline_atomic(pipe, output_dir / "pipeline")
-        path.chmod(0o755)  # the temporary folder it was written to was private
         info = {"global_step": global_step, "prediction_type": args.prediction_type,
                 "timestep_sampling": args.timestep_sampling, "ema": bool(args.use_ema),
                 "resolution": args.resolution, "clip_frames": args.clip_frames, "data_dir": str(data_dir),

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from talking_head.constants import MOUTH_SLICE, NULL_EMOTION
-from talking_head.utils import replace_dir_atomic
+from talking_head.utils import make_public, replace_dir_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -884,7 +884,7 @@ def save_component_atomic(model, path, extras=(), **kwargs) -> Path:
         model.save_pretrained(tmp, **kwargs)
         for extra in extras:
             extra.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
+        make_public(tmp, directory=True)
         replace_dir_atomic(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

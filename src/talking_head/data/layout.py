@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from talking_head.constants import EMOTIONS, NULL_EMOTION, SAMPLE_RATE
+from talking_head.utils import make_public
 
 FORMAT_NAME = "talking-head-prepared"
 FORMAT_VERSION = 1
@@ -63,6 +64,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        make_public(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

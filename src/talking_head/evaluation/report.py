@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from talking_head.constants import EMOTIONS
+from talking_head.utils import make_public
 
 # DESIGN.md section 5: the paper's Table 1 (MEAD M030, their protocol) and Table 2 (t_start sweep).
 PAPER_TABLE1 = [
@@ -87,7 +88,7 @@ def write_json(path, obj) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_plain(obj), f, indent=1, allow_nan=False)
             f.write("\n")
-        os.chmod(tmp, 0o644)
+        make_public(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

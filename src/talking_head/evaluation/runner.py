@@ -368,7 +368,6 @@ class Evaluation:
                 writer._abort()
                 return []
             writer.close()
-            os.chmod(folder / f"{clip.clip_id}.mp4", 0o644)
             files = [str((folder / f"{clip.clip_id}.mp4").relative_to(self.out))]
             if strip:
                 import PIL.Image
