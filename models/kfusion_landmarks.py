@@ -66,6 +66,10 @@ logger = logging.get_logger(__name__)
 
 __all__ = ["KFusionLandmarkModel", "KFusionLandmarkOutput", "landmark_loss"]
 
+# Face width (jaw ends 0-16) of a face in a prepared face crop, in crop units (measured: 0.46-0.52 on the dev
+# identity and GRID); identity_frame="face" scales its displacements by the identity's width over this.
+_FACE_WIDTH_IN_CROP = 0.5
+
 # Keys of a transformers config dict that describe where it came from, not the architecture.
 _WAV2VEC2_META_KEYS = ("transformers_version", "architectures", "_name_or_path", "model_type", "torch_dtype", "dtype")
 
@@ -141,8 +145,9 @@ class _LogMelFrontend(nn.Module):
     torch.stft + a mel filterbank instead of torchaudio (see DESIGN.md 6).
     """
 
-    def __init__(self, sample_rate: int, n_mels: int):
+    def __init__(self, sample_rate: int, n_mels: int, deltas: bool = False):
         super().__init__()
+        self.deltas = bool(deltas)
         self.n_fft = int(round(0.025 * sample_rate))
         self.hop_length = int(round(0.010 * sample_rate))
         filters = mel_filter_bank(
@@ -157,7 +162,7 @@ class _LogMelFrontend(nn.Module):
         # Derived from the config, so not saved in the checkpoint.
         self.register_buffer("mel_filters", torch.from_numpy(filters).float(), persistent=False)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-        self.output_dim = n_mels
+        self.output_dim = n_mels * (3 if self.deltas else 1)
         self.first_time = 0.0  # with center=True, frame t is centred on sample t * hop_length
         self.time_step = self.hop_length / sample_rate
 
@@ -176,7 +181,23 @@ class _LogMelFrontend(nn.Module):
         log_mel = torch.log10(mel.clamp_min(1e-10))
         # Whisper's scaling: 80 dB dynamic range below each clip's peak, roughly in [-1, 1].
         log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
-        return (log_mel + 4.0) / 4.0
+        log_mel = (log_mel + 4.0) / 4.0
+        if not self.deltas:
+            return log_mel
+        delta = _deltas(log_mel)
+        return torch.cat([log_mel, delta, _deltas(delta)], dim=-1)
+
+
+def _deltas(features: torch.Tensor, width: int = 2) -> torch.Tensor:
+    """Regression deltas over time of (B, T, C), HTK's formula with N = `width` steps on each side (edges
+    repeated): sum_n n (c[t+n] - c[t-n]) / (2 sum_n n^2)."""
+    steps = features.shape[1]
+    padded = torch.cat([features[:, :1].expand(-1, width, -1), features,
+                        features[:, -1:].expand(-1, width, -1)], dim=1)
+    out = torch.zeros_like(features)
+    for n in range(1, width + 1):
+        out = out + n * (padded[:, width + n: width + n + steps] - padded[:, width - n: width - n + steps])
+    return out / (2 * sum(n * n for n in range(1, width + 1)))
 
 
 class _Wav2Vec2Frontend(nn.Module):
@@ -211,6 +232,21 @@ class _Wav2Vec2Frontend(nn.Module):
             waveform = F.pad(waveform, (0, self.receptive_field - waveform.shape[1]))
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             return self.wav2vec2(waveform).last_hidden_state
+
+
+def _active_rms(waveform: torch.Tensor, block: int, below_peak_db: float = 30.0) -> torch.Tensor:
+    """(B, S) -> (B, 1): RMS over the `block`-sample blocks whose energy is within `below_peak_db` of the
+    loudest block (the speech level, not diluted by the silence around it); 0 for all-zero audio."""
+    batch, samples = waveform.shape
+    blocks = max(1, math.ceil(samples / block))
+    padded = F.pad(waveform, (0, blocks * block - samples))
+    energy = padded.reshape(batch, blocks, block).pow(2).sum(-1)
+    counts = torch.full((blocks,), float(block), device=waveform.device)
+    counts[-1] = samples - (blocks - 1) * block
+    energy = energy / counts  # mean square per block
+    active = energy >= energy.amax(dim=1, keepdim=True) * 10.0 ** (-below_peak_db / 10.0)
+    mean_square = (energy * active).sum(1, keepdim=True) / active.sum(1, keepdim=True).clamp_min(1)
+    return mean_square.sqrt()
 
 
 def _sample_at_frames(features: torch.Tensor, first_time: float, time_step: float, num_frames: int, fps: float):
@@ -298,6 +334,22 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             displacements in face-crop units (a mouth opens by ~0.05).
         normalize_loudness (`bool`, defaults to `True`): scale each clip to RMS 0.1 first, so the
             recording's gain does not decide how wide the mouth opens.
+        loudness_floor (`float`, defaults to `1e-3`): the RMS below which a clip is not scaled up further
+            (the gain is at most 0.1 / loudness_floor). With 1e-3 (the first models') a window of room
+            noise at -45 dBFS is raised to speech level; 0.02 (gain <= 5) keeps silence quiet.
+        loudness_reference (`str`, defaults to `"clip"`): what `normalize_loudness` measures. `"clip"` (the
+            first models'): the RMS of the whole input, so the same speech gets louder the more silence
+            surrounds it. `"active"`: the RMS of the active 20 ms blocks only (those within 30 dB of the
+            loudest block), i.e. the speech level, whatever the silence around it.
+        identity_frame (`str`, defaults to `"crop"`): the frame the identity landmarks are read in and the
+            displacements are made in. `"crop"` (the first models'): the identity encoder reads the raw crop
+            coordinates and the displacements are in crop units. `"face"`: the encoder reads the identity's
+            shape alone (centred on its mean point, divided by its face width, the jaw ends 0-16 apart), and
+            the displacements are in face widths (times `displacement_scale`, then times face width / 0.5, 0.5
+            being the face width in a prepared crop): a face of another size or place in the crop gets the
+            same motion, scaled to it, which is what lets a model trained on a few faces move others.
+        mel_deltas (`bool`, defaults to `False`): append the log-mel's first and second time deltas
+            (HTK regression over +-2 steps) to the Context domain's input, 3 x n_mels features.
     """
 
     _supports_gradient_checkpointing = False
@@ -326,6 +378,10 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         kan_k: int = 3,
         displacement_scale: float = 0.1,
         normalize_loudness: bool = True,
+        loudness_floor: float = 1e-3,
+        mel_deltas: bool = False,
+        loudness_reference: str = "clip",
+        identity_frame: str = "crop",
     ):
         super().__init__()
         if context_encoder not in ("logmel", "wav2vec2"):
@@ -334,6 +390,14 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         if global_window_length < 105:  # the window encoder's three strided convs need this many
             raise ValueError(f"global_window_length must be at least 105 samples, got {global_window_length}")
+        if not (loudness_floor > 0 and math.isfinite(loudness_floor)):
+            raise ValueError(f"loudness_floor must be a positive RMS, got {loudness_floor}")
+        if identity_frame not in ("crop", "face"):
+            raise ValueError(f"identity_frame must be 'crop' or 'face', got {identity_frame!r}")
+        if loudness_reference not in ("clip", "active"):
+            raise ValueError(f"loudness_reference must be 'clip' or 'active', got {loudness_reference!r}")
+        if mel_deltas and context_encoder != "logmel":
+            raise ValueError("mel_deltas applies to the logmel context encoder only")
         if temporal_kernel_size % 2 != 1:
             raise ValueError(f"temporal_kernel_size must be odd (keeps frames aligned), got {temporal_kernel_size}")
 
@@ -347,7 +411,7 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
 
         # Context domain: log-mel or wav2vec2 features at their own rate, resampled to frames later.
         if context_encoder == "logmel":
-            self.context_frontend = _LogMelFrontend(sample_rate, n_mels)
+            self.context_frontend = _LogMelFrontend(sample_rate, n_mels, deltas=mel_deltas)
         else:
             if wav2vec2_config is None:
                 raise ValueError(
@@ -503,7 +567,15 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
 
             global_features = self._global_domain(waveform, num_frames, fps)  # (B, F, Cg)
             context_features = self._context_domain(waveform, num_frames, fps)  # (B, F, Cc)
-            identity = self.identity_encoder((identity_landmarks.flatten(1) - 0.5) * 2.0)  # roughly [-1, 1] in
+            if self.config.identity_frame == "face":
+                centre = identity_landmarks.mean(dim=1, keepdim=True)
+                width = (identity_landmarks[:, 16] - identity_landmarks[:, 0]).norm(dim=-1).clamp_min(1e-3)
+                shape = (identity_landmarks - centre) / width[:, None, None]  # roughly [-0.6, 0.6]
+                identity = self.identity_encoder(shape.flatten(1) * 2.0)
+                unit = (width / _FACE_WIDTH_IN_CROP)[:, None, None, None]
+            else:
+                identity = self.identity_encoder((identity_landmarks.flatten(1) - 0.5) * 2.0)  # roughly [-1, 1] in
+                unit = 1.0
             emotion = self.emotion_embedding(emotion_labels)
 
             fused = torch.cat(
@@ -521,7 +593,7 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             self.fusion_kan.acts = None
 
             displacements = out.reshape(batch, num_frames, self.config.num_landmarks, 2)
-            displacements = displacements * self.config.displacement_scale
+            displacements = displacements * (self.config.displacement_scale * unit)
             landmarks = identity_landmarks[:, None] + displacements
 
         if not return_dict:
@@ -535,8 +607,11 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         if self.config.normalize_loudness:
             # After padding, so short audio behaves exactly like the caller's own zero padding.
             # The floor keeps near-silence from being blown up.
-            rms = waveform.pow(2).mean(dim=1, keepdim=True).sqrt()
-            waveform = waveform * (0.1 / rms.clamp_min(1e-3))
+            if self.config.loudness_reference == "active":
+                rms = _active_rms(waveform, block=max(1, round(0.02 * self.config.sample_rate)))
+            else:
+                rms = waveform.pow(2).mean(dim=1, keepdim=True).sqrt()
+            waveform = waveform * (0.1 / rms.clamp_min(self.config.loudness_floor))
         return waveform
 
     def _global_domain(self, waveform: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
@@ -670,6 +745,10 @@ def landmark_loss(
     mouth_weight: float = 0.8,
     all_weight: float = 0.2,
     velocity_weight: float = 0.5,
+    centered: bool = False,
+    absolute_weight: float = 0.0,
+    silent_frames: torch.Tensor | None = None,
+    silent_weight: float = 0.0,
 ) -> torch.Tensor:
     r"""
     The KFusion training loss on landmark sequences `(batch, frames, 68, 2)`:
@@ -680,6 +759,13 @@ def landmark_loss(
     The first two are the authors' 0.2 / 0.8 split: the mouth is what lip sync is judged on. The
     velocity term compares motion, not positions, so per-frame jitter costs extra (with 0.5, white
     noise on the prediction costs about twice what it would without it). Computed in float32.
+
+    With `centered=True` the three terms compare per-frame mean-centred points (the centroid of the 68
+    removed from each frame, as M-LD / F-LD do), so the head's translation, which audio cannot tell,
+    does not drown the mouth's shape; `absolute_weight` * MSE(all points, not centred) then keeps the
+    face where it belongs. `silent_frames` (batch, frames) bool with `silent_weight` > 0 adds
+    silent_weight * MSE(mouth points on those frames): the mouth shape on silence, where a closed
+    mouth is the whole target.
     """
     if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise ValueError("pred and target must be torch tensors")
@@ -688,7 +774,21 @@ def landmark_loss(
     if pred.ndim != 4 or pred.shape[-2:] != (NUM_LANDMARKS, 2):
         raise ValueError(f"pred must be (batch, frames, {NUM_LANDMARKS}, 2), got {tuple(pred.shape)}")
     pred, target = pred.float(), target.float()
+    absolute = F.mse_loss(pred, target) if absolute_weight else None
+    if centered:
+        pred = pred - pred.mean(dim=-2, keepdim=True)
+        target = target - target.mean(dim=-2, keepdim=True)
     loss = all_weight * F.mse_loss(pred, target)
+    if absolute is not None:
+        loss = loss + absolute_weight * absolute
+    if silent_frames is not None and silent_weight:
+        if silent_frames.shape != pred.shape[:2]:
+            raise ValueError(f"silent_frames must be (batch, frames) = {tuple(pred.shape[:2])}, "
+                             f"got {tuple(silent_frames.shape)}")
+        mask = silent_frames.to(device=pred.device, dtype=pred.dtype)[..., None, None]
+        err = (pred[:, :, MOUTH_SLICE] - target[:, :, MOUTH_SLICE]).pow(2) * mask
+        count = mask.sum() * err.shape[-2] * err.shape[-1]
+        loss = loss + silent_weight * err.sum() / count.clamp_min(1.0)
     loss = loss + mouth_weight * F.mse_loss(pred[:, :, MOUTH_SLICE], target[:, :, MOUTH_SLICE])
     if pred.shape[1] > 1 and velocity_weight:
         loss = loss + velocity_weight * F.mse_loss(pred.diff(dim=1), target.diff(dim=1))

@@ -1,5 +1,15 @@
 """Gaussian mask-noise layer: put noise on the frames where the target landmarks are.
 
+Two modes (`mask_mode`):
+
+* ``"region"`` (default, DESIGN.md 7.2): the frames are a mouth box, and one solid region covering the lower
+  face of every frame of the clip is regenerated. The paper's Gaussians (eq. 1) are put at the lower-face
+  landmarks (`region_points`: jaw 2-14, nose base 31-35, mouth 48-67), the convex hull of all those points over
+  the clip is filled in, the map is blurred by `region_margin` and thresholded (eq. 2): a soft-edged binary
+  region, the same for every frame, that eyes, brows and the nose bridge never enter. The landmarks are also
+  drawn as Gaussian heatmaps (`heatmaps`), the mouth shape the UNet is asked to draw.
+* ``"landmarks"``: the paper's per-landmark dotted mask over the whole face (kept for the ablation), below.
+
 Paper (DESIGN.md 2.3), eq. (1)-(2): every landmark becomes a Gaussian blob (kernel size k, std sigma) on an
 F×H×W map, a threshold t turns the map into a binary mask M, and where M = 1 the pixel is replaced by uniform
 noise. The UNet then learns to paint the face (mouth, eyes, jaw) back into those noisy regions so that it
@@ -28,6 +38,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
@@ -38,6 +49,62 @@ from diffusers.utils.torch_utils import randn_tensor
 logger = logging.get_logger(__name__)
 
 NOISE_TYPES = ("uniform_replace", "gaussian_additive")
+MASK_MODES = ("region", "landmarks")
+# iBUG-68 indices: jaw 2-14, nose base 31-35, mouth 48-67 (the part of the face that moves with speech).
+LOWER_FACE_POINTS = tuple(range(2, 15)) + tuple(range(31, 36)) + tuple(range(48, 68))
+# Heatmap channels: the jaw line with the nose base (the frame of the lower face), outer lips, inner lips.
+HEATMAP_GROUPS = (tuple(range(2, 15)) + tuple(range(31, 36)), tuple(range(48, 60)), tuple(range(60, 68)))
+
+
+def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+    """A peak-1 1-D Gaussian of std `sigma` pixels, 2 * ceil(3 sigma) + 1 taps."""
+    return _gaussian_kernel_1d(2 * int(math.ceil(3.0 * sigma)) + 1, float(sigma))
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable, sum-normalised Gaussian blur of `(N, C, H, W)` float images, edges replicated."""
+    if sigma <= 0:
+        return image
+    kernel = gaussian_kernel_1d(sigma).to(device=image.device, dtype=image.dtype)
+    kernel = kernel / kernel.sum()
+    n, c, h, w = image.shape
+    half = kernel.shape[0] // 2
+    x = image.reshape(n * c, 1, h, w)
+    x = torch.nn.functional.pad(x, (half, half, 0, 0), mode="replicate")
+    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = torch.nn.functional.pad(x, (0, 0, half, half), mode="replicate")
+    x = torch.nn.functional.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x.reshape(n, c, h, w)
+
+
+def _convex_hull(points: np.ndarray) -> np.ndarray:
+    """Vertices (M, 2) of the convex hull of (N, 2) points, in order (Qhull; the points as given if degenerate)."""
+    pts = points[np.isfinite(points).all(axis=1)].astype(np.float64)
+    # A long clip has thousands of frames: points on a 1/4-pixel grid give the same hull, far fewer of them.
+    pts = np.unique(np.round(pts * 4.0) / 4.0, axis=0)
+    if len(pts) < 3:
+        return pts
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        return pts[ConvexHull(pts).vertices]
+    except QhullError:  # all points on a line: no area to fill (the Gaussians still cover them)
+        return pts[:0]
+
+
+def _fill_polygon(vertices: np.ndarray, height: int, width: int, device) -> torch.Tensor:
+    """(H, W) float mask of the pixel centres inside a convex polygon given in pixel coordinates."""
+    if len(vertices) < 3:
+        return torch.zeros(height, width, device=device)
+    v = torch.as_tensor(vertices, dtype=torch.float32, device=device)
+    edge = torch.roll(v, -1, dims=0) - v  # (M, 2)
+    ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.float32),
+                            torch.arange(width, device=device, dtype=torch.float32), indexing="ij")
+    px, py = xs.reshape(1, -1) + 0.5, ys.reshape(1, -1) + 0.5  # pixel centres
+    cross = edge[:, :1] * (py - v[:, 1:]) - edge[:, 1:] * (px - v[:, :1])  # (M, H*W)
+    # Inside a convex polygon every edge sees the point on the same side (either orientation).
+    inside = (cross >= 0).all(dim=0) | (cross <= 0).all(dim=0)
+    return inside.reshape(height, width).float()
 
 
 @dataclass
@@ -80,6 +147,18 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
             U(-noise_scale, noise_scale), the pixel range) or `"gaussian_additive"` (the authors' later code:
             `frames + noise_scale * map * N(0, 1)`, no threshold; the result may leave [-1, 1]).
         noise_scale (`float`, defaults to 1.0): half-range of the uniform noise or std of the Gaussian noise.
+        mask_mode (`str`, defaults to `"region"`): `"region"` (one solid lower-face region per clip, DESIGN 7.2)
+            or `"landmarks"` (the paper's dotted mask at every landmark, for the ablation).
+        region_points (`list[int]`): the landmark indices whose hull makes the region (default: jaw 2-14, nose
+            base 31-35, mouth 48-67).
+        region_sigma (`float`, defaults to 0.02): std of the region's Gaussians, as a fraction of the frame side.
+        region_margin (`float`, defaults to 0.04): std of the blur that grows the filled hull before the
+            threshold, as a fraction of the frame side; the region reaches about 1.3 x this beyond the
+            outermost landmark (threshold 0.1), room for the jaw to move.
+        heatmap_sigma (`float`, defaults to 0.02): std of the landmark heatmaps, as a fraction of the frame side.
+
+    In region mode `kernel_size` and `sigma` are unused (the region's sizes are relative to the frame, which is
+    the mouth box at the UNet's resolution); in landmarks mode the region settings are unused.
 
     The defaults are for 256×256 face crops. There the 17 jaw points are about 17 px apart (measured with dlib on
     a 256×256 crop of the Obama clips in the shared development data), the eyes about 22 px wide, the brow points
@@ -99,8 +178,23 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
         threshold: float = 0.1,
         noise_type: str = "uniform_replace",
         noise_scale: float = 1.0,
+        mask_mode: str = "region",
+        region_points: tuple[int, ...] = LOWER_FACE_POINTS,
+        region_sigma: float = 0.02,
+        region_margin: float = 0.04,
+        heatmap_sigma: float = 0.02,
     ):
         super().__init__()
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {mask_mode!r}")
+        points = list(region_points) if isinstance(region_points, (list, tuple)) else None
+        if not points or len(points) < 3 or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 68
+                                                for i in points):
+            raise ValueError(f"region_points must be at least 3 landmark indices in [0, 68), got {region_points!r}")
+        for name, value in (("region_sigma", region_sigma), ("region_margin", region_margin),
+                            ("heatmap_sigma", heatmap_sigma)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value < 0.5):
+                raise ValueError(f"{name} must be a fraction of the frame side in (0, 0.5), got {value!r}")
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
@@ -129,14 +223,15 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
 
         return (1.0 - frac) * kernel_at(offset) + frac * kernel_at(offset - 1.0)
 
-    def _landmark_map(self, landmarks: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """The blurred landmark map, (B, 1, F, H, W) float32 in [0, 1]."""
+    def _landmark_map(self, landmarks: torch.Tensor, height: int, width: int,
+                      kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """The blurred landmark map, (B, 1, F, H, W) float32 in [0, 1] (`kernel`: 1-D, default the config's)."""
         batch, frames, points, _ = landmarks.shape
         points_xy = landmarks.detach().to(torch.float32).reshape(batch * frames, points, 2)
         # A NaN/inf point (e.g. a failed detection) contributes nothing instead of poisoning the whole map.
         valid = torch.isfinite(points_xy).all(dim=-1)
         points_xy = torch.where(valid[..., None], points_xy, torch.zeros_like(points_xy))
-        kernel = self.kernel.to(device=points_xy.device, dtype=torch.float32)
+        kernel = (self.kernel if kernel is None else kernel).to(device=points_xy.device, dtype=torch.float32)
 
         gx = self._profiles(points_xy[..., 0] * width, width, kernel) * valid[..., None]  # (BF, N, W)
         gy = self._profiles(points_xy[..., 1] * height, height, kernel)  # (BF, N, H)
@@ -144,13 +239,37 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
         blob_map = blob_map.clamp_(0.0, 1.0)
         return blob_map.reshape(batch, frames, height, width).unsqueeze(1)
 
-    def compute_mask(self, landmarks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    # ------------------------------------------------------------------ region mode
+    def compute_region(self, landmarks: torch.Tensor, height: int, width: int,
+                       extra_landmarks: torch.Tensor | None = None) -> torch.Tensor:
         """
-        The mask for landmarks `(B, F, N, 2)` (normalised x, y) on frames of `height`×`width` pixels.
+        The lower-face region of a clip: `(B, 1, 1, height, width)` float32, binary.
 
-        Returns a float32 tensor `(B, 1, F, height, width)` on the landmarks' device, in [0, 1]: binary for
-        `uniform_replace` (map > threshold), the blurred map itself for `gaussian_additive`.
+        landmarks `(B, F, 68, 2)` (normalised to the frame) and optionally `extra_landmarks` `(B, K, 68, 2)` (e.g.
+        the reference frame's): the region covers the `region_points` of all of them (DESIGN 7.2, item 1).
         """
+        self._check_landmarks(landmarks, height, width)
+        points = landmarks if extra_landmarks is None else torch.cat([landmarks, extra_landmarks.to(landmarks)], 1)
+        points = points[:, :, list(self.config.region_points)].detach().float()
+        side = float(min(height, width))
+        scale = torch.tensor([width, height], dtype=torch.float32, device=points.device)
+        blobs = self._landmark_map(points, height, width, gaussian_kernel_1d(self.config.region_sigma * side))
+        blobs = blobs.amax(dim=2)[:, 0]  # (B, H, W): every frame's Gaussians (eq. 1)
+        hulls = torch.stack([_fill_polygon(_convex_hull((clip * scale).reshape(-1, 2).cpu().numpy()),
+                                           height, width, points.device) for clip in points])
+        filled = torch.maximum(blobs, hulls)[:, None]  # (B, 1, H, W): the points and everything between them
+        grown = gaussian_blur(filled, self.config.region_margin * side)
+        return (grown > self.config.threshold).float()[:, :, None]  # eq. 2
+
+    def heatmaps(self, landmarks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The landmarks drawn as Gaussians, one channel per group of HEATMAP_GROUPS: `(B, 3, F, H, W)`."""
+        self._check_landmarks(landmarks, height, width)
+        kernel = gaussian_kernel_1d(self.config.heatmap_sigma * float(min(height, width)))
+        maps = [self._landmark_map(landmarks[:, :, list(group)], height, width, kernel) for group in HEATMAP_GROUPS]
+        return torch.cat(maps, dim=1)
+
+    # ------------------------------------------------------------------ both modes
+    def _check_landmarks(self, landmarks, height, width) -> None:
         if not torch.is_tensor(landmarks) or landmarks.ndim != 4 or landmarks.shape[-1] != 2:
             shape = tuple(landmarks.shape) if torch.is_tensor(landmarks) else type(landmarks).__name__
             raise ValueError(f"landmarks must be a (B, F, N, 2) tensor of normalised (x, y), got {shape}")
@@ -168,6 +287,19 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
                     "expects them normalised to [0, 1] of the frame (see talking_head.constants)."
                 )
 
+    def compute_mask(self, landmarks: torch.Tensor, height: int, width: int,
+                     extra_landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        The mask for landmarks `(B, F, N, 2)` (normalised x, y) on frames of `height`×`width` pixels.
+
+        Returns a float32 tensor `(B, 1, F, height, width)` on the landmarks' device, in [0, 1]. Region mode: the
+        clip's one region (`compute_region`) repeated over the frames. Landmarks mode: binary for
+        `uniform_replace` (map > threshold), the blurred map itself for `gaussian_additive`.
+        """
+        if self.config.mask_mode == "region":
+            return self.compute_region(landmarks, height, width, extra_landmarks).expand(
+                -1, -1, landmarks.shape[1], -1, -1)
+        self._check_landmarks(landmarks, height, width)
         blob_map = self._landmark_map(landmarks, height, width)
         if self.config.noise_type == "uniform_replace":
             return (blob_map > self.config.threshold).to(torch.float32)
@@ -180,6 +312,7 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
         landmarks: torch.Tensor,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
+        extra_landmarks: torch.Tensor | None = None,
     ) -> MaskNoiseOutput | tuple:
         """
         Put noise on `frames` `(B, C, F, H, W)` (in [-1, 1]) where `landmarks` `(B, F, N, 2)` are.
@@ -188,6 +321,8 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
             generator: a `torch.Generator` or a list of B of them (one per sample), as for diffusers'
                 `randn_tensor`; the same generator state gives the same output.
             return_dict: return a [`MaskNoiseOutput`] (default) or the tuple `(noised_frames, mask)`.
+            extra_landmarks: `(B, K, N, 2)` more landmarks the region must cover (region mode; e.g. the
+                reference frame's, whose mouth is replaced too).
         """
         if not torch.is_tensor(frames) or frames.ndim != 5:
             shape = tuple(frames.shape) if torch.is_tensor(frames) else type(frames).__name__
@@ -206,21 +341,27 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"generator is a list of {len(generator)} generators but the batch size is {batch}")
 
-        mask = self.compute_mask(landmarks.to(frames.device), height, width)  # float32, (B, 1, F, H, W)
+        if extra_landmarks is not None:
+            extra_landmarks = extra_landmarks.to(frames.device)
+        mask = self.compute_mask(landmarks.to(frames.device), height, width, extra_landmarks)  # (B, 1, F, H, W)
+        noised = self.apply_noise(frames, mask, generator)
+        mask = mask.to(frames.dtype)
+        if not return_dict:
+            return (noised, mask)
+        return MaskNoiseOutput(noised_frames=noised, mask=mask)
+
+    def apply_noise(self, frames: torch.Tensor, mask: torch.Tensor,
+                    generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """`frames` (B, C, F, H, W) with the noise of the config where `mask` (B, 1, F or 1, H, W) is set."""
+        mask = mask.to(device=frames.device, dtype=torch.float32).expand(
+            frames.shape[0], 1, *frames.shape[2:])
         # float32 noise whatever the frames' dtype, so a seed gives the same noise in fp32, fp16 and bf16.
         gaussian = randn_tensor(frames.shape, generator=generator, device=frames.device, dtype=torch.float32)
         scale = float(self.config.noise_scale)
-
         if self.config.noise_type == "uniform_replace":
             # erf(z / sqrt(2)) = 2 * Phi(z) - 1 is exactly U(-1, 1) for z ~ N(0, 1): uniform noise that inherits
             # randn_tensor's handling of generators, generator lists and devices.
             uniform = torch.erf(gaussian * (1.0 / math.sqrt(2.0))) * scale
             # torch.where, not a blend, so unmasked pixels are returned bit for bit.
-            noised = torch.where(mask.bool(), uniform.to(frames.dtype), frames)
-        else:
-            noised = (frames.float() + scale * mask * gaussian).to(frames.dtype)
-
-        mask = mask.to(frames.dtype)
-        if not return_dict:
-            return (noised, mask)
-        return MaskNoiseOutput(noised_frames=noised, mask=mask)
+            return torch.where(mask.bool(), uniform.to(frames.dtype), frames)
+        return (frames.float() + scale * mask * gaussian).to(frames.dtype)

@@ -205,7 +205,13 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
             `cond * (1 - mask)` (input channels 3-5 and 6), to the output. With `prediction_type="sample"` the
             network then predicts a correction to the reference frame instead of the whole frame: the untrained
             model already returns the reference outside the mask, and training spends its updates on the mouth
-            and the motion. Needs `in_channels=7` and `out_channels=3`.
+            and the motion. Needs `in_channels=7` and `out_channels=3`. (The whole-face renderer's option.)
+        residual_channel (`int`, *optional*): add the input channels `residual_channel ...
+            residual_channel + out_channels - 1` to the output. The lower-face renderer sets it to its reference
+            box (channels 10-12 of `unet_input`): with `prediction_type="sample"` the network predicts a
+            correction to the person's own mouth region, so the untrained model already returns the reference
+            (zero-initialised output) and training spends its updates on what moves (lips, teeth, jaw) while
+            the skin stays sharp.
     """
 
     _supports_gradient_checkpointing = True
@@ -227,6 +233,7 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
         freq_shift: int = 0,
         dropout: float = 0.0,
         condition_skip: bool = False,
+        residual_channel: int | None = None,
     ):
         super().__init__()
         channels = [int(c) for c in block_out_channels]
@@ -246,6 +253,10 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
         if condition_skip and (in_channels != 7 or out_channels != 3):
             raise ValueError(f"condition_skip needs in_channels=7 (noisy, condition, mask) and out_channels=3, got "
                              f"in_channels={in_channels}, out_channels={out_channels}")
+        if residual_channel is not None and (isinstance(residual_channel, bool) or not isinstance(residual_channel, int)
+                                             or not 0 <= residual_channel <= in_channels - out_channels):
+            raise ValueError(f"residual_channel must be an integer in [0, in_channels - out_channels] = "
+                             f"[0, {in_channels - out_channels}], got {residual_channel!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         time_dim = time_embed_dim or 4 * channels[0]
@@ -373,6 +384,9 @@ class ClassConditionedUNet3DModel(ModelMixin, ConfigMixin):
 
         # 4. Out.
         out = self.conv_out(F.silu(self.norm_out(hidden_states)))
+        if self.config.residual_channel is not None:
+            first = self.config.residual_channel
+            out = out + sample[:, first: first + out.shape[1]].to(out.dtype)
         if self.config.condition_skip:
             cond, mask = sample[:, 3:6].to(out.dtype), sample[:, 6:7].to(out.dtype)
             out = out + cond * (1 - mask)

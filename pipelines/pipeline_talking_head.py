@@ -1,19 +1,19 @@
-"""TalkingHeadPipeline: speech + one photo -> a talking-head video (DESIGN.md sections 1-2).
+"""TalkingHeadPipeline: speech + a photo -> a talking-head video of that photo (DESIGN.md sections 1-2, 7).
 
     audio ──► emotion classifier ──► emotion class (or the caller's `emotion=`)
       └────► KFusion audio→landmarks ──► 68 landmarks per video frame
-    identity frame ──► face crop ──► Gaussian mask-noise at the landmarks
-                 class-conditioned 3D UNet + scheduler, from t_start ──► frames
+    photo ──► mouth box around the lower face (talking_head.mouth_box), cut at the photo's resolution
+          ──► Gaussian mask-noise: one solid lower-face region replaced by noise (the context)
+          ──► class-conditioned 3D UNet + scheduler, from t_start, pixels outside the region reset
+              to the context after every step ──► feathered blend back into the photo ──► frames
 
-Sampling is SDEdit-style (DESIGN 2.5): the mask-noised identity frames are
-noised to `t_start` and denoised from there to 0. The UNet also sees the
-clean mask-noised frames and the mask as extra input channels when its
-`in_channels` is 7 (3 noisy + 3 condition + 1 mask); with `in_channels=3` it
-sees only the noisy frames, as in the paper.
+Only the lower face is generated (DESIGN 7.2): the UNet sees, per frame of a clip, the noisy mouth box,
+the masked context, the region mask, the target landmarks drawn as heatmaps and a reference box of the
+person (`unet_input`); everything outside the region is the photo's own pixels, at the photo's resolution
+(capped by `max_size`). The head holds the photo's pose (DESIGN 7.3).
 
-Audio of any length is rendered clip by clip (`clip_frames` frames, the last
-`clip_overlap` of each clip generated again by the next one and cross-faded),
-so memory stays bounded and there is no seam.
+Audio of any length is rendered clip by clip (`clip_frames` frames, the last `clip_overlap` of each clip
+generated again by the next one and cross-faded; talking_head.clip_schedule), so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from talking_head.audio import load_audio
+from talking_head.clip_schedule import ClipSchedule
 from talking_head.constants import EMOTIONS, NO_EMOTION, NULL_EMOTION, NUM_LANDMARKS, SAMPLE_RATE, emotion_label
-from talking_head.face import crop_face, detect_face_landmarks, face_crop_box, landmarks_to_crop
-from talking_head.image import load_image
+from talking_head.identity import DEFAULT_MAX_SIZE, Photo, StillIdentity, VideoIdentity, is_video, load_photo
 from talking_head.models.emotion_classifier import predict_emotion
+from talking_head.models.mask_noise import gaussian_blur
+from talking_head.mouth_box import BoxTrack, MouthBox, feather, follow_face
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, sdedit_timesteps, validate_t_start
 
 
@@ -48,13 +50,16 @@ class TalkingHeadPipelineOutput(BaseOutput):
 
     frames: (B, F, H, W, 3) float in [0, 1] ("np"), a (B, F, 3, H, W) tensor
         ("pt"), B lists of PIL images ("pil"), or None (output_type=None, when
-        the frames went to `frames_callback` only).
+        the frames went to `frames_callback` only). H x W is the photo's size
+        (capped by `max_size`), or the face crop's with `output_crop=True`.
     landmarks: (B, F, 68, 2) float32, (x, y) in pixels of the output frame.
     emotion: B emotion names (predicted, or the one given).
     emotion_probs: (B, 8) classifier probabilities, or None when `emotion` was given.
     fps: frames per second of `frames`.
     audio: (B, S) float32 16 kHz mono audio that drove the video.
     sample_rate: the rate of `audio` (16000).
+    frames_without_face: per item, the output frames shown unchanged because the identity video has no face
+        there (dubbing); 0 for a photo.
     """
 
     frames: np.ndarray | torch.Tensor | list | None
@@ -64,6 +69,26 @@ class TalkingHeadPipelineOutput(BaseOutput):
     fps: float
     audio: np.ndarray
     sample_rate: int
+    frames_without_face: list[int] | None = None
+
+
+# The UNet's input channels (see `unet_input`): noisy box 3, masked context 3, region mask 1, landmark
+# heatmaps 3, reference box 3.
+UNET_IN_CHANNELS = 13
+REFERENCE_CHANNEL = 10  # first channel of the reference box (the UNet's residual_channel)
+
+
+def unet_input(noisy: torch.Tensor, context: torch.Tensor, mask: torch.Tensor, heatmaps: torch.Tensor,
+               reference: torch.Tensor) -> torch.Tensor:
+    """cat[noisy, context, mask, heatmaps, reference] on the channel axis: (B, 13, F, S, S).
+
+    noisy, context (B, 3, F, S, S); mask (B, 1, F, S, S); heatmaps (B, 3, F, S, S); reference (B, 3, S, S),
+    one frame repeated over F. The trainer builds its inputs with this same function.
+    """
+    frames = noisy.shape[2]
+    reference = reference[:, :, None].expand(-1, -1, frames, -1, -1)
+    return torch.cat([noisy, context.to(noisy.dtype), mask.to(noisy.dtype), heatmaps.to(noisy.dtype),
+                      reference.to(noisy.dtype)], dim=1)
 
 
 def _as_list(x):
@@ -172,10 +197,10 @@ class TalkingHeadPipeline(DiffusionPipeline):
     r"""Audio-driven, emotion-conditioned talking-head generation.
 
     Components:
-        unet ([`ClassConditionedUNet3DModel`]): denoises (B, C, F, H, W) frame clips.
+        unet ([`ClassConditionedUNet3DModel`]): denoises (B, 13, F, S, S) mouth-box clips (`unet_input`).
         scheduler ([`SchedulerMixin`]): DDPM by default; DDIM or DPM-Solver for fewer steps.
         landmark_model ([`KFusionLandmarkModel`]): audio -> 68 landmarks per frame.
-        mask_noise ([`GaussianMaskNoise`]): noise where the landmarks are.
+        mask_noise ([`GaussianMaskNoise`]): the lower-face region, the landmark heatmaps, the mask noise.
         emotion_classifier (transformers audio classifier, optional): audio -> 8 MEAD emotions.
         feature_extractor ([`Wav2Vec2FeatureExtractor`], optional): the classifier's input processing.
 
@@ -183,6 +208,10 @@ class TalkingHeadPipeline(DiffusionPipeline):
         clip_frames: frames generated per UNet call.
         clip_overlap: frames shared by consecutive clips (cross-faded).
         landmark_chunk_frames: frames per landmark-model call for long audio.
+        keep_threshold: where the generated box differs from the frame's own box by less than about this
+            (mean absolute difference, pixel range [-1, 1], after a small blur), the frame's own full-resolution
+            pixels are kept instead of the 64² box upscaled: skin that did not move stays sharp, only what
+            changed (lips, teeth, jaw) is drawn. 0 blends the whole region in.
     """
 
     model_cpu_offload_seq = "emotion_classifier->landmark_model->unet"
@@ -191,13 +220,13 @@ class TalkingHeadPipeline(DiffusionPipeline):
 
     def __init__(self, unet, scheduler, landmark_model, mask_noise, emotion_classifier=None,
                  feature_extractor=None, clip_frames: int = 16, clip_overlap: int = 4,
-                 landmark_chunk_frames: int = 750):
+                 landmark_chunk_frames: int = 750, keep_threshold: float = 0.1):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, landmark_model=landmark_model,
                               mask_noise=mask_noise, emotion_classifier=emotion_classifier,
                               feature_extractor=feature_extractor)
         self.register_to_config(clip_frames=clip_frames, clip_overlap=clip_overlap,
-                                landmark_chunk_frames=landmark_chunk_frames)
+                                landmark_chunk_frames=landmark_chunk_frames, keep_threshold=keep_threshold)
         self.check_components()
 
     # ------------------------------------------------------------------ checks
@@ -208,16 +237,28 @@ class TalkingHeadPipeline(DiffusionPipeline):
             raise ValueError(f"clip_frames must be an integer >= 1, got {cfg.clip_frames!r}")
         if not (isinstance(cfg.clip_overlap, int) and 0 <= cfg.clip_overlap < cfg.clip_frames):
             raise ValueError(f"clip_overlap must be an integer in [0, clip_frames), got {cfg.clip_overlap!r}")
+        keep = cfg.get("keep_threshold", 0.1)
+        if not (_is_number(keep) and math.isfinite(keep) and 0 <= keep <= 2):
+            raise ValueError(f"keep_threshold must be a number in [0, 2], got {keep!r}")
         if not (isinstance(cfg.landmark_chunk_frames, int) and cfg.landmark_chunk_frames >= 1):
             raise ValueError(f"landmark_chunk_frames must be an integer >= 1, got {cfg.landmark_chunk_frames!r}")
         unet = self.unet
         if unet.config.out_channels != 3:
             raise ValueError(f"unet must output 3 (RGB) channels, has out_channels={unet.config.out_channels}")
-        if unet.config.in_channels not in (3, 7):
+        if unet.config.in_channels != UNET_IN_CHANNELS:
             raise ValueError(
-                f"unet in_channels must be 3 (noisy frames) or 7 (noisy frames + mask-noised frames + mask), "
-                f"got {unet.config.in_channels}"
+                f"this pipeline's unet takes {unet.config.in_channels} input channels: it was made for the "
+                f"whole-face renderer of talking-head 0.1 (in_channels 3 or 7), which the lower-face renderer "
+                f"replaced (DESIGN.md 7.2: the UNet now takes {UNET_IN_CHANNELS} channels: noisy mouth box, masked "
+                "context, region mask, landmark heatmaps, reference box). Retrain the UNet with "
+                "train/train_diffusion.py, or use the bundled default pipeline"
             )
+        if unet.config.get("residual_channel") not in (None, REFERENCE_CHANNEL):
+            raise ValueError(f"unet.residual_channel must be {REFERENCE_CHANNEL} (the reference box) or null, got "
+                             f"{unet.config.residual_channel!r}")
+        if unet.config.condition_skip:
+            raise ValueError("unet.condition_skip belongs to the whole-face renderer (7 input channels); the "
+                             "lower-face renderer resets the pixels outside the region instead")
         levels = len(unet.config.block_out_channels)
         if unet.config.sample_size % (2 ** (levels - 1)):
             raise ValueError(f"unet sample_size {unet.config.sample_size} is not divisible by 2**{levels - 1}")
@@ -284,37 +325,16 @@ class TalkingHeadPipeline(DiffusionPipeline):
     def sample_size(self) -> int:
         return int(self.unet.config.sample_size)
 
-    def prepare_identity(self, identity_frame, identity_landmarks=None, crop_face_box: bool = True):
-        """Load one identity image, find its face and crop it to the UNet's resolution.
-
-        With `crop_face_box=False` the image is taken as an existing face crop (as prepared
-        datasets store them): only its centre square is kept and resized.
-        Returns (crop uint8 (S, S, 3), landmarks (68, 2) in crop pixels).
-        """
-        image = load_image(identity_frame, name="identity_frame")
-        if identity_landmarks is None:
-            points = detect_face_landmarks(image, name="identity_frame")
-        else:
-            points = np.asarray(
-                identity_landmarks.detach().cpu() if torch.is_tensor(identity_landmarks) else identity_landmarks,
-                dtype=np.float32,
-            )
-            if points.shape != (NUM_LANDMARKS, 2):
-                raise ValueError(f"identity_landmarks must be ({NUM_LANDMARKS}, 2) pixel points, got shape {points.shape}")
-            if not np.isfinite(points).all():
-                raise ValueError("identity_landmarks contain NaN or infinite values")
-        size = self.sample_size
-        if crop_face_box:
-            box = face_crop_box(points)
-        else:
-            height, width = image.shape[:2]
-            box = (width / 2.0, height / 2.0, float(min(height, width)))
-        crop = crop_face(image, box, size)
-        return crop, landmarks_to_crop(points, box, size).astype(np.float32)
+    def prepare_identity(self, identity_frame, identity_landmarks=None, crop_face: bool = True,
+                         max_size: int = DEFAULT_MAX_SIZE) -> Photo:
+        """The identity photo at the output's resolution, its landmarks and face crop (talking_head.identity)."""
+        return load_photo(identity_frame, identity_landmarks, crop_face=crop_face, max_size=max_size)
 
     def check_inputs(self, audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
-                     sample_rate, output_type, identity_landmarks, callback_on_step_end_tensor_inputs=None):
-        audios, frames = _as_list(audio), _as_list(identity_frame)
+                     sample_rate, output_type, identity_landmarks, callback_on_step_end_tensor_inputs=None,
+                     max_size=DEFAULT_MAX_SIZE):
+        audios = _as_list(audio)
+        frames = [identity_frame] if is_video(identity_frame, len(audios)) else _as_list(identity_frame)
         if len(audios) == 0:
             raise ValueError("audio is empty: no audio given")
         if len(frames) not in (1, len(audios)):
@@ -339,6 +359,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
             raise ValueError(f"fps must be a number > 0 and <= {MAX_FPS:g}, got {fps!r}")
         if sample_rate is not None and not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
             raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        if isinstance(max_size, bool) or not isinstance(max_size, (int, np.integer)) or max_size < 64:
+            raise ValueError(f"max_size must be a whole number of pixels >= 64, got {max_size!r}")
         if callback_on_step_end_tensor_inputs is not None and not set(callback_on_step_end_tensor_inputs) <= set(
                 self._callback_tensor_inputs):
             raise ValueError(f"callback_on_step_end_tensor_inputs must be among {self._callback_tensor_inputs}, "
@@ -356,7 +378,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
     @torch.no_grad()
     def predict_landmarks(self, waveforms: torch.Tensor, identity_landmarks: torch.Tensor, num_frames: int,
                           fps: float, emotion_labels: torch.Tensor) -> torch.Tensor:
-        """(B, F, 68, 2) normalised landmarks, in chunks of `landmark_chunk_frames` for long audio.
+        """(B, F, 68, 2) landmarks normalised to the face crop, in chunks of `landmark_chunk_frames`.
 
         Each chunk sees one second of audio beyond each of its ends, so a chunk's
         edge frames have the same context as inside one long call.
@@ -378,29 +400,28 @@ class TalkingHeadPipeline(DiffusionPipeline):
         return torch.cat(out, dim=1)
 
     def clip_starts(self, num_frames: int) -> list[int]:
-        """Start frame of each clip: stride clip_frames - clip_overlap, the last clip ends on the last frame."""
-        length, overlap = self.config.clip_frames, self.config.clip_overlap
-        if num_frames <= length:
-            return [0]
-        stride = length - overlap
-        starts = list(range(0, num_frames - length, stride))
-        starts.append(num_frames - length)
-        return starts
+        """Start frame of each clip (talking_head.clip_schedule): the last clip ends on the last frame."""
+        return ClipSchedule(num_frames, self.config.clip_frames, self.config.clip_overlap).starts
 
-    def denoise_clip(self, cond: torch.Tensor, mask: torch.Tensor, class_labels: torch.Tensor, t_start: int,
-                     num_inference_steps, guidance_scale: float, generator, callback_on_step_end,
-                     callback_on_step_end_tensor_inputs, progress_bar) -> torch.Tensor:
-        """SDEdit from `t_start`: noise the mask-noised frames, then denoise them to t = 0."""
-        device = cond.device
+    def denoise_box(self, context: torch.Tensor, mask: torch.Tensor, heatmaps: torch.Tensor,
+                    reference: torch.Tensor, init: torch.Tensor, class_labels: torch.Tensor, t_start: int,
+                    num_inference_steps, guidance_scale: float, generator, callback_on_step_end=None,
+                    callback_on_step_end_tensor_inputs=(), progress_bar=None) -> torch.Tensor:
+        """SDEdit from `t_start` on a clip of mouth boxes (B, 3, F, S, S), as inpainting.
+
+        `init` (the photo's box) is noised to t_start and denoised to 0. After every step the pixels outside
+        `mask` are reset to `context` noised to the next timestep (RePaint / Diff2Lip), so only the region is
+        generated and the known pixels are exactly the photo's at the end.
+        """
+        device = init.device
         timesteps = sdedit_timesteps(self.scheduler, t_start, num_inference_steps, device=device)
-        noise = randn_tensor(cond.shape, generator=generator, device=device, dtype=cond.dtype)
-        latents = self.scheduler.add_noise(cond, noise, timesteps[:1].repeat(cond.shape[0]))
+        noise = randn_tensor(init.shape, generator=generator, device=device, dtype=init.dtype)
+        latents = self.scheduler.add_noise(init, noise, timesteps[:1].repeat(init.shape[0]))
+        known = 1 - mask
         do_cfg = guidance_scale > 1.0
         null = torch.full_like(class_labels, NULL_EMOTION)
         for i, t in enumerate(timesteps):
-            model_in = self.scheduler.scale_model_input(latents, t)
-            if self.unet.config.in_channels == 7:
-                model_in = torch.cat([model_in, cond, mask], dim=1)
+            model_in = unet_input(self.scheduler.scale_model_input(latents, t), context, mask, heatmaps, reference)
             if do_cfg:
                 pred = self.unet(torch.cat([model_in, model_in]), t, class_labels=torch.cat([class_labels, null])).sample
                 pred_cond, pred_uncond = pred.chunk(2)
@@ -408,11 +429,17 @@ class TalkingHeadPipeline(DiffusionPipeline):
             else:
                 pred = self.unet(model_in, t, class_labels=class_labels).sample
             latents = self.scheduler.step(pred, t, latents, generator=generator).prev_sample
+            if i + 1 < len(timesteps):
+                t_next = timesteps[i + 1: i + 2].repeat(init.shape[0])
+                latents = mask * latents + known * self.scheduler.add_noise(context, noise, t_next)
+            else:
+                latents = mask * latents + known * context
             if callback_on_step_end is not None:
                 state = {"latents": latents}
                 out = callback_on_step_end(self, i, t, {k: state[k] for k in callback_on_step_end_tensor_inputs})
                 latents = out.pop("latents", latents)
-            progress_bar.update()
+            if progress_bar is not None:
+                progress_bar.update()
         return latents
 
     # ------------------------------------------------------------------- call
@@ -430,6 +457,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
         identity_landmarks=None,
         landmarks=None,
         crop_face: bool = True,
+        max_size: int = DEFAULT_MAX_SIZE,
+        output_crop: bool = False,
+        reference_frame: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str | None = "np",
         return_dict: bool = True,
@@ -437,33 +467,41 @@ class TalkingHeadPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ):
-        r"""Generate a talking-head video.
+        r"""Generate a talking-head video of the photo: its lower face moves with the speech, all else is kept.
 
         Args:
             audio: a file path (wav, flac, mp3, m4a, or a video's audio track), or a
                 1-D/2-D numpy array or tensor with `sample_rate=`; any rate, mono or
                 stereo. A list gives a batch (all items must give the same frame count).
-            identity_frame: the person: a path, PIL image, or array (RGB, RGBA or
-                greyscale, any size). One for all audio items or one per item.
+            identity_frame: the person: a photo (a path, PIL image, or array; RGB, RGBA or
+                greyscale, any size), one for all audio items or one per item (of one size); or a
+                video to dub (DESIGN 7.4): a video file path, a (T, H, W, 3) array or a list of
+                T frames at `fps`, for one audio input. Each output frame is then the video's frame
+                with the lower face redrawn; the video plays forward then backward when the audio
+                is longer, and stops with the audio when shorter. Frames without a face pass
+                through unchanged (counted in `frames_without_face`).
             emotion: an emotion name (see `talking_head.constants.EMOTIONS`) that
                 overrides the classifier, or a list of one per item. "none" (or no emotion
                 and no classifier in the pipeline) uses the null class: the models'
                 unconditional output, all a model trained on unlabelled video has learned.
-            t_start: the SDEdit start, in timesteps (paper: 300). Frames are noised to
-                t = t_start - 1 and denoised to 0.
+            t_start: the SDEdit start, in timesteps (paper: 300). The photo's mouth box is
+                noised to t = t_start - 1 and its lower-face region denoised to 0.
             num_inference_steps: denoising steps between t_start and 0; None = one per
-                timestep (300 DDPM steps). Use 25-50 with DPM-Solver or DDIM.
+                timestep (300 DDPM steps). Use 1-10 with DPM-Solver or DDIM.
             guidance_scale: classifier-free guidance on the emotion class; 1 = off.
             fps: video frame rate. The frame count is round(duration * fps).
             sample_rate: the rate of an array/tensor `audio`.
             identity_landmarks: (68, 2) pixel landmarks of `identity_frame` (per item
-                for a list), instead of detecting them with dlib.
+                for a list; (T, 68, 2) for a video), instead of detecting them with dlib.
             landmarks: (B, F, 68, 2) or (F, 68, 2) landmarks in pixels of the output
                 frame that drive the video instead of the landmark model's (e.g. ground
                 truth, for the renderer's ceiling). F must match the audio's frame count.
-            crop_face: crop the identity frame around the detected face (default). False:
-                the frame already is a face crop (e.g. a prepared dataset's frame); its
-                centre square is resized to the pipeline's resolution.
+            crop_face: False: the frame already is a square face crop (e.g. a prepared
+                dataset's frame); its centre square is the photo.
+            max_size: the longest side of the output, in pixels (larger photos are scaled down).
+            output_crop: return the face crop (square) instead of the whole photo.
+            reference_frame: the frame of a video identity whose mouth is the texture reference
+                (default: the frame with a face and the most closed mouth).
             generator: torch generator(s) for reproducible output.
             output_type: "np", "pt", "pil", or None to keep no frames in memory (use
                 `frames_callback` to stream them, e.g. to a `VideoWriter`).
@@ -483,25 +521,69 @@ class TalkingHeadPipeline(DiffusionPipeline):
         for m in modules:
             m.eval()
         try:
-            return self._generate(audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
-                                  sample_rate, identity_landmarks, landmarks, crop_face, generator, output_type, return_dict,
+            self.check_inputs(audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
+                              sample_rate, output_type, identity_landmarks, callback_on_step_end_tensor_inputs,
+                              max_size)
+            return self._generate(audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale,
+                                  float(fps), sample_rate, identity_landmarks, landmarks, crop_face, int(max_size),
+                                  bool(output_crop), reference_frame, generator, output_type, return_dict,
                                   frames_callback, callback_on_step_end, callback_on_step_end_tensor_inputs)
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
 
     def _generate(self, audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
-                  sample_rate, identity_landmarks, landmarks, crop_face_box, generator, output_type, return_dict, frames_callback,
-                  callback_on_step_end, callback_on_step_end_tensor_inputs):
-        self.check_inputs(audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
-                          sample_rate, output_type, identity_landmarks, callback_on_step_end_tensor_inputs)
-        fps = float(fps)
-        device = self._execution_device
-        dtype = self.unet.dtype
-
+                  sample_rate, identity_landmarks, landmarks, crop_face, max_size, output_crop, reference_frame,
+                  generator, output_type, return_dict, frames_callback, callback_on_step_end,
+                  callback_on_step_end_tensor_inputs):
         # 1. Audio -> 16 kHz mono; one frame count for the batch.
-        waves = [load_audio(a, sample_rate=sample_rate, name="audio") for a in _as_list(audio)]
+        waves, wave_batch, num_frames = self._load_audio(audio, sample_rate, fps)
         batch = len(waves)
+        # 2. The identity: a photo held still or a video (dubbing), at the output resolution, with landmarks.
+        sources = self._load_identities(identity_frame, identity_landmarks, crop_face, max_size, batch, fps,
+                                        reference_frame, num_frames)
+        try:
+            # 3. Emotion: the caller's choice, or the classifier's, or (no classifier) none: the null class.
+            names, probs = self._emotions(emotion, waves, batch)
+            labels = torch.tensor([emotion_label(n) for n in names], dtype=torch.long)
+            # 4. Landmarks for every output frame, in pixels of the frame it is drawn on (the landmark
+            #    model's displacements from the reference's landmarks, unless given).
+            views = [_OutputView(src.photo(src.reference), output_crop, max_size) for src in sources]
+            if landmarks is None:
+                refs = [src.photo(src.reference) for src in sources]
+                ident = torch.from_numpy(np.stack([r.to_crop(r.landmarks) for r in refs])).float()
+                moves = self.predict_landmarks(wave_batch, ident, num_frames, fps, labels) - ident[:, None]
+                points = torch.stack([follow_face(src, m) for src, m in zip(sources, moves)])
+            else:
+                points = self._given_landmarks(landmarks, batch, num_frames, views)
+            # 5. Render the lower face clip by clip and composite it into the frames.
+            kept = [] if output_type is not None else None
+            self._render(sources, points, labels, t_start, num_inference_steps, guidance_scale, generator,
+                         callback_on_step_end, callback_on_step_end_tensor_inputs,
+                         lambda frames: self._emit(views, frames, kept, frames_callback))
+            self.maybe_free_model_hooks()
+            passed = [int((~src.has_face[[src.index(i) for i in range(num_frames)]]).sum()) for src in sources]
+        finally:
+            for src in sources:
+                src.close()
+
+        landmarks_px = torch.stack([v.points(pts) for v, pts in zip(views, points)]).numpy().astype(np.float32)
+        frames = None
+        if kept is not None:
+            frames = np.concatenate(kept, axis=1).astype(np.float32) / 255.0
+            if output_type == "pt":
+                frames = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)
+            elif output_type == "pil":
+                frames = [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in video] for video in frames]
+        if not return_dict:
+            return frames, landmarks_px, names
+        return TalkingHeadPipelineOutput(frames=frames, landmarks=landmarks_px, emotion=names, emotion_probs=probs,
+                                         fps=fps, audio=wave_batch.numpy(), sample_rate=SAMPLE_RATE,
+                                         frames_without_face=passed)
+
+    # ------------------------------------------------------------- stages of _generate
+    def _load_audio(self, audio, sample_rate, fps):
+        waves = [load_audio(a, sample_rate=sample_rate, name="audio") for a in _as_list(audio)]
         counts = []
         for a, w in zip(_as_list(audio), waves):
             if len(w) < SAMPLE_RATE / fps:
@@ -512,13 +594,27 @@ class TalkingHeadPipeline(DiffusionPipeline):
         if len(set(counts)) != 1:
             raise ValueError(f"batched audio items must give the same number of frames, got {counts}; "
                              "generate them one at a time")
-        num_frames = counts[0]
-        length = max(len(w) for w in waves)
-        wave_batch = torch.zeros(batch, length)
+        wave_batch = torch.zeros(len(waves), max(len(w) for w in waves))
         for i, w in enumerate(waves):
             wave_batch[i, : len(w)] = torch.from_numpy(w)
+        return waves, wave_batch, counts[0]
 
-        # 2. Identity frames -> face crops at the UNet's resolution + their landmarks.
+    def _load_identities(self, identity_frame, identity_landmarks, crop_face, max_size, batch, fps,
+                         reference_frame, num_frames: int) -> list:
+        """One StillIdentity (a photo) or VideoIdentity (dubbing) per batch item (talking_head.identity)."""
+        if is_video(identity_frame, batch):
+            if batch != 1:
+                raise ValueError(f"a video identity takes one audio input, got {batch}; dub them one at a time")
+            lmk = None
+            if identity_landmarks is not None:
+                lmk = np.asarray(identity_landmarks, dtype=np.float32)
+                if lmk.ndim != 3 or lmk.shape[1:] != (NUM_LANDMARKS, 2):
+                    raise ValueError(f"identity_landmarks of a video must be (T, {NUM_LANDMARKS}, 2) pixels, one "
+                                     f"set per frame, got shape {lmk.shape}")
+            return [VideoIdentity(identity_frame, fps, max_size, landmarks=lmk, reference=reference_frame,
+                                  max_frames=num_frames)]
+        if reference_frame is not None:
+            raise ValueError("reference_frame is for a video identity; the photo is its own reference")
         frames_in = _as_list(identity_frame)
         if identity_landmarks is None:
             lmk_in = [None] * len(frames_in)
@@ -526,86 +622,78 @@ class TalkingHeadPipeline(DiffusionPipeline):
             lmk_in = [identity_landmarks] * len(frames_in)
         else:
             lmk_in = _as_list(identity_landmarks)
-        identities = [self.prepare_identity(f, l, crop_face_box) for f, l in zip(frames_in, lmk_in)]
-        if len(identities) == 1 and batch > 1:
-            identities = identities * batch
-        size = self.sample_size
-        crops = torch.from_numpy(np.stack([c for c, _ in identities])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        id_landmarks = torch.from_numpy(np.stack([l for _, l in identities])) / size  # normalised
+        photos = [self.prepare_identity(f, l, crop_face, max_size) for f, l in zip(frames_in, lmk_in)]
+        if len({p.size for p in photos}) != 1:
+            raise ValueError(f"batched identity frames must have one size, got {[p.size for p in photos]}; "
+                             "generate them one at a time")
+        photos = photos * batch if len(photos) == 1 and batch > 1 else photos
+        return [StillIdentity(p) for p in photos]
 
-        # 3. Emotion: the caller's choice, or the classifier's, or (no classifier) none: the null class.
+    def _emotions(self, emotion, waves, batch):
         if emotion is not None:
             names = [n.strip().lower() for n in _as_list(emotion)]
-            names = names * batch if len(names) == 1 else names
-            probs = None
-        elif self.emotion_classifier is None:
-            names, probs = [NO_EMOTION] * batch, None
-        else:
-            probs = self.classify_emotion(waves)
-            names = [EMOTIONS[int(k)] for k in probs.argmax(axis=1)]
-        labels = torch.tensor([emotion_label(n) for n in names], dtype=torch.long)
+            return (names * batch if len(names) == 1 else names), None
+        if self.emotion_classifier is None:
+            return [NO_EMOTION] * batch, None
+        probs = self.classify_emotion(waves)
+        return [EMOTIONS[int(k)] for k in probs.argmax(axis=1)], probs
 
-        # 4. Audio -> landmarks for every frame (normalised to the crop), unless the caller gave them.
-        if landmarks is None:
-            landmarks = self.predict_landmarks(wave_batch, id_landmarks, num_frames, fps, labels)
-        else:
-            landmarks = self._given_landmarks(landmarks, batch, num_frames)
-
-        # 5. Clip by clip: mask-noise at the landmarks, SDEdit, cross-fade the overlaps.
-        starts = self.clip_starts(num_frames)
-        clip_len = min(self.config.clip_frames, num_frames)
+    def _render(self, sources, points, labels, t_start, num_inference_steps, guidance_scale, generator,
+                callback_on_step_end, callback_on_step_end_tensor_inputs, emit) -> None:
+        """Denoise the mouth boxes clip by clip and hand the composited frames to `emit`, in order."""
+        device, dtype, size = self._execution_device, self.unet.dtype, self.sample_size
+        num_frames = points.shape[1]
+        indices = tuple(self.mask_noise.config.region_points)
+        # One box per output frame that follows the face (one box for a photo), covering every frame's lower
+        # face and the reference's; one region for the whole video: no jump between clips.
+        geometry = [BoxTrack(src, pts, indices) for src, pts in zip(sources, points)]
+        reference = torch.cat([g.reference_box(size) for g in geometry]).to(device, dtype)
+        local = torch.stack([g.local for g in geometry]).float()  # (B, F, 68, 2) in box coordinates
+        ref_local = torch.stack([g.ref_local for g in geometry])
+        region = None
+        if self.mask_noise.config.mask_mode == "region":
+            region = self.mask_noise.compute_region(local, size, size, ref_local[:, None]).to(device, dtype)
+        schedule = ClipSchedule(num_frames, self.config.clip_frames, self.config.clip_overlap)
         steps = len(sdedit_timesteps(self.scheduler, t_start, num_inference_steps))
-        reference = crops.to(device=device, dtype=dtype)[:, :, None]  # (B, 3, 1, S, S)
-        labels_dev = labels.to(device)
-        kept = [] if output_type is not None else None
-        pending = None  # frames of the previous clip not yet emitted (they overlap the next clip)
-        emitted = 0
-        with self.progress_bar(total=len(starts) * steps) as progress_bar:
-            for start in starts:
-                target = landmarks[:, start: start + clip_len].to(device=device, dtype=dtype)
-                ref = reference.expand(-1, -1, clip_len, -1, -1)
-                cond, mask = self.mask_noise(ref, target, generator=generator, return_dict=False)
-                mask = mask.to(dtype)
-                clip = self.denoise_clip(cond, mask, labels_dev, t_start, num_inference_steps, guidance_scale,
-                                         generator, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                         progress_bar)
-                clip = (clip.float().clamp(-1, 1) + 1) / 2  # (B, 3, L, S, S) in [0, 1]
-                clip = clip.permute(0, 2, 3, 4, 1).cpu().numpy()  # (B, L, S, S, 3)
-                if pending is not None:
-                    # Drop what was already written, then cross-fade the frames both clips made.
-                    clip = clip[:, emitted - start:]
-                    shared = min(pending.shape[1], clip.shape[1])
-                    w = np.linspace(0, 1, shared + 2, dtype=np.float32)[1:-1][None, :, None, None, None]
-                    pending[:, :shared] = (1 - w) * pending[:, :shared] + w * clip[:, :shared]
-                    emitted += self._emit(pending, kept, frames_callback)
-                    clip = clip[:, shared:]
-                # Hold back the overlap: the next clip blends into it.
-                hold = self.config.clip_overlap if start != starts[-1] else 0
-                hold = min(hold, clip.shape[1])
-                if clip.shape[1] - hold > 0:
-                    emitted += self._emit(clip[:, : clip.shape[1] - hold], kept, frames_callback)
-                pending = clip[:, clip.shape[1] - hold:]
-            if pending is not None and pending.shape[1]:
-                emitted += self._emit(pending, kept, frames_callback)
-        assert emitted == num_frames, (emitted, num_frames)
+        labels = labels.to(device)
+        with self.progress_bar(total=len(schedule.starts) * steps) as progress_bar:
+            for start in schedule.starts:
+                frames = range(start, start + schedule.length)
+                target = local[:, start: start + schedule.length].to(device)
+                boxes = torch.stack([g.cut(frames, size) for g in geometry]).to(device, dtype)  # (B, 3, L, S, S)
+                mask = (region if region is not None else
+                        self.mask_noise.compute_mask(target, size, size).to(device, dtype))
+                mask = mask.expand(-1, -1, target.shape[1], -1, -1)
+                # The pipeline's first step starts from the reference's mouth in the region (as trained).
+                init = boxes * (1 - mask) + reference[:, :, None] * mask
+                context = self.mask_noise.apply_noise(boxes, mask, generator)
+                heatmaps = self.mask_noise.heatmaps(target, size, size).to(device, dtype)
+                clip = self.denoise_box(context, mask, heatmaps, reference, init, labels, t_start,
+                                        num_inference_steps, guidance_scale, generator, callback_on_step_end,
+                                        callback_on_step_end_tensor_inputs, progress_bar)
+                # Boxes and their blend weights travel together through the cross-fade: (B, L, 3 + 1, S, S).
+                clip = clip.float().clamp(-1, 1).transpose(1, 2)
+                weight = self._blend_weight(clip, boxes.float().transpose(1, 2), mask.float().transpose(1, 2))
+                first = schedule.emitted
+                for run in schedule.add(start, torch.cat([clip, weight], dim=2).cpu()):
+                    emit(np.stack([g.composite(range(first, first + run.shape[1]), item)
+                                   for g, item in zip(geometry, run)]))
+                    first += run.shape[1]
+        assert schedule.emitted == num_frames, (schedule.emitted, num_frames)
 
-        self.maybe_free_model_hooks()
-        landmarks_px = (landmarks.numpy() * size).astype(np.float32)
-        frames = None
-        if kept is not None:
-            frames = np.concatenate(kept, axis=1)
-            if output_type == "pt":
-                frames = torch.from_numpy(frames).permute(0, 1, 4, 2, 3)
-            elif output_type == "pil":
-                frames = [[PIL.Image.fromarray((f * 255).round().astype(np.uint8)) for f in video] for video in frames]
-        audio_out = wave_batch.numpy()
-        if not return_dict:
-            return frames, landmarks_px, names
-        return TalkingHeadPipelineOutput(frames=frames, landmarks=landmarks_px, emotion=names,
-                                         emotion_probs=probs, fps=fps, audio=audio_out, sample_rate=SAMPLE_RATE)
+    def _blend_weight(self, generated: torch.Tensor, own: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, 1, S, S) blend weights: the feathered region, times where the box changed (keep_threshold)."""
+        batch, length, _, size, _ = generated.shape
+        weight = feather(mask.reshape(-1, 1, size, size))
+        threshold = float(self.config.get("keep_threshold", 0.1))
+        if threshold > 0:
+            change = (generated - own).abs().mean(dim=2, keepdim=True).reshape(-1, 1, size, size)
+            change = gaussian_blur(change, 0.02 * size)
+            weight = weight * ((change - 0.5 * threshold) / threshold).clamp(0, 1)
+        return weight.view(batch, length, 1, size, size)
 
-    def _given_landmarks(self, landmarks, batch: int, num_frames: int) -> torch.Tensor:
-        """Caller-given driving landmarks (pixels of the output frame) -> normalised (B, F, 68, 2)."""
+    def _given_landmarks(self, landmarks, batch: int, num_frames: int, views) -> torch.Tensor:
+        """Caller-given driving landmarks (pixels of the output frame) -> pixels of the frames, (B, F, 68, 2)."""
         lm = landmarks.detach().cpu().float() if torch.is_tensor(landmarks) else torch.as_tensor(
             np.asarray(landmarks, dtype=np.float32))
         if lm.ndim == 3:
@@ -617,14 +705,43 @@ class TalkingHeadPipeline(DiffusionPipeline):
             raise ValueError(f"landmarks has {lm.shape[1]} frames but the audio gives {num_frames} at this fps")
         if not torch.isfinite(lm).all():
             raise ValueError("landmarks contain NaN or infinite values")
-        return lm / self.sample_size
+        return torch.stack([v.to_photo(pts) for v, pts in zip(views, lm)])
 
     @staticmethod
-    def _emit(frames: np.ndarray, kept: list | None, callback) -> int:
-        if frames.shape[1] == 0:
-            return 0
+    def _emit(views, frames: np.ndarray, kept: list | None, callback) -> None:
+        """One run of finished photo frames (B, n, H, W, 3) uint8 -> the output view, the callback, the list."""
+        frames = np.stack([view(f) for view, f in zip(views, frames)])
         if callback is not None:
-            callback(frames)
+            callback(frames.astype(np.float32) / 255.0)
         if kept is not None:
-            kept.append(frames.copy())
-        return frames.shape[1]
+            kept.append(frames)
+
+
+class _OutputView:
+    """What the output shows of the photo: all of it, or (output_crop) its square face crop, even-sized."""
+
+    def __init__(self, photo: Photo, crop: bool, max_size: int):
+        self.crop = None
+        if crop:
+            cx, cy, side = photo.face_box
+            self.crop = MouthBox(int(round(cx - side / 2)), int(round(cy - side / 2)), int(round(side)))
+            self.out_side = max(2, min(int(max_size), self.crop.side) // 2 * 2)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        if self.crop is None:
+            return frames
+        t = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+        t = self.crop.cut(t, self.out_side)
+        return t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    def points(self, pts: torch.Tensor) -> torch.Tensor:
+        """Pixels of the photo -> pixels of the output frame."""
+        if self.crop is None:
+            return pts
+        return self.crop.normalise(pts) * self.out_side
+
+    def to_photo(self, pts: torch.Tensor) -> torch.Tensor:
+        """Pixels of the output frame -> pixels of the photo."""
+        if self.crop is None:
+            return pts
+        return self.crop.denormalise(pts / self.out_side)

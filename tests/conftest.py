@@ -61,3 +61,15 @@ def face_image():
     rng = np.random.default_rng(1)
     image = (rng.random((96, 96, 3)) * 60 + 100).astype(np.uint8)
     return image, synthetic_face_landmarks(96)
+
+
+@pytest.fixture(scope="module")
+def tiny_dpm_pipe():
+    """A random tiny pipeline (32² mouth box, no classifier) with DPM-Solver, for photo and dubbing tests."""
+    from talking_head.presets import build_pipeline
+    from talking_head.schedulers import scheduler_from_name
+
+    p = build_pipeline("tiny", sample_size=32, seed=0, with_emotion_classifier=False)
+    p.scheduler = scheduler_from_name("dpm", p.scheduler)
+    p.set_progress_bar_config(disable=True)
+    return p

@@ -139,7 +139,8 @@ def test_demo_renders_the_bundled_person_with_the_bundled_pipeline(tmp_path, cap
     assert "UNTRAINED" not in captured.err
     assert "emotion none (the pipeline has no emotion classifier)" in captured.out
     info = probe_media(out)
-    assert info["has_video"] and info["has_audio"] and info["video_size"] == (256, 256)
+    # The bundled photo is a whole 1280x720 frame: the MP4 is that photo, capped at 1024 on the long side.
+    assert info["has_video"] and info["has_audio"] and info["video_size"] == (1024, 576)
     assert abs(info["duration"] - soundfile.info(str(assets / "demo_speech.wav")).duration) <= 1 / 25 + 0.03
 
 
@@ -149,4 +150,10 @@ def test_generate_without_pipeline_uses_the_bundled_one(astronaut_png, tmp_path,
     rc = main(["generate", "--audio", str(SPEECH), "--identity", str(astronaut_png), "--output", str(out),
                "--scheduler", "dpm", "--steps", "1", "--min-size", "1"])
     assert rc == 0, capsys.readouterr().err
-    assert probe_media(out)["video_size"] == (64, 64)
+    assert probe_media(out)["video_size"] == (512, 512)  # the astronaut photo's own size
+    crop = tmp_path / "crop.mp4"
+    rc = main(["generate", "--audio", str(SPEECH), "--identity", str(astronaut_png), "--output", str(crop),
+               "--scheduler", "dpm", "--steps", "1", "--min-size", "1", "--crop", "--max-size", "200"])
+    assert rc == 0, capsys.readouterr().err
+    width, height = probe_media(crop)["video_size"]
+    assert width == height and width <= 200 and width % 2 == 0  # the square face crop, capped

@@ -198,6 +198,39 @@ def test_video_sources(tmp_path):
         video_jobs([a], test_fraction=1.0)
 
 
+def test_video_jobs_whole_file_splits(tmp_path):
+    """--split file: the last fraction of the files (by name) are whole test clips; --split test: all."""
+    files = []
+    for i in range(20):
+        p = tmp_path / "s1" / f"sent{i:02d}.mp4"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"")
+        files.append(p)
+    jobs = video_jobs(list(reversed(files)), split="file", test_fraction=0.15)  # order given does not matter
+    split = {j["parts"][0]["clip_id"]: j["parts"][0]["split"] for j in jobs}
+    assert all(len(j["parts"]) == 1 and (j["parts"][0]["begin"], j["parts"][0]["end"]) == (0.0, 1.0) for j in jobs)
+    assert sorted(k for k, v in split.items() if v == "test") == ["sent17", "sent18", "sent19"]
+    assert sum(v == "train" for v in split.values()) == 17
+    # At least one test and one train file whenever a hold-out is asked for.
+    assert [j["parts"][0]["split"] for j in video_jobs(files[:2], split="file", test_fraction=0.01)] == [
+        "train", "test"]
+    assert {j["parts"][0]["split"] for j in video_jobs(files[:3], split="file", test_fraction=0.0)} == {"train"}
+    held = video_jobs(files[:4], split="test")
+    assert [j["parts"] for j in held] == [[{"clip_id": f"sent{i:02d}", "split": "test", "begin": 0.0, "end": 1.0}]
+                                          for i in range(4)]
+    with pytest.raises(ValueError, match="--split"):
+        video_jobs(files, split="speaker")
+
+
+def test_expand_files_keeps_one_container_per_recording(tmp_path, capsys):
+    from talking_head.data.prepare import _expand_files
+
+    for name in ("a.mp4", "a.mpg", "b.mpg", "c.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in _expand_files([tmp_path])] == ["a.mp4", "b.mpg", "c.mp4"]
+    assert "a as .mp4, .mpg; using a.mp4" in capsys.readouterr().err
+
+
 def _mead_tree(root, counts, speaker="M001"):
     for (emotion, level), n in counts.items():
         for i in range(1, n + 1):

@@ -20,7 +20,8 @@ from talking_head.utils import save_pipeline_atomic
 
 pytestmark = pytest.mark.skipif(not dlib_available(), reason="landmark distances need dlib (the face extra)")
 
-SIZE = 32
+SIZE = 32  # the UNet's mouth box
+STORED = 64  # the synthetic clips' face crops: what every method is scored on
 
 
 def parse(argv):
@@ -63,7 +64,7 @@ def report(synth):
 def test_metrics_json_has_every_figure(report):
     out, m = report
     assert m["format"] == "talking-head-evaluation"
-    assert m["resolution"] == {"psnr_ssim": SIZE, "landmarks": 256}
+    assert m["resolution"] == {"psnr_ssim": STORED, "landmarks": 256}
     assert len(m["pipeline"]["sha256"]) == 64 and m["pipeline"]["sample_size"] == SIZE
     assert {"cpu", "torch", "device", "platform"} <= set(m["machine"])
     assert m["config"]["sampler"] == "ddpm:2" and m["config"]["t_start"] == 300
@@ -110,8 +111,8 @@ def test_report_md_has_the_tables(report):
                     "## Per clip", "## Samples", "## Metric definitions"):
         assert heading in text, heading
     assert "| static reference frame (floor) |" in text
-    assert "| *paper Table 1: paper* | 24.69 | 0.85 | 1.22 | 1.33 |" in text
-    assert f"PSNR / SSIM at **{SIZE}x{SIZE}**" in text
+    assert "| *paper Table 1: paper* | 24.69 | 0.85 |  |  | 1.22 | 1.33 |" in text
+    assert f"PSNR / SSIM at **{STORED}x{STORED}**" in text
     assert "| synth0_neutral_00 | neutral | 7 |" in text  # per-clip rows
     for f in m["files"]:
         assert (out / f).is_file(), f
@@ -156,12 +157,12 @@ def test_static_floor_alone_needs_no_pipeline_and_matches(synth, report):
     _, full = report
     out = synth["root"] / "floor"
     args = parse(["evaluate", "--data", str(synth["data"]), "--output", str(out), "--methods", "static",
-                  "--resolution", str(SIZE), "--samples", "0", "--quiet"])
+                  "--resolution", str(STORED), "--samples", "0", "--quiet"])
     assert args.handler(args) == 0
     m = strict_json(out / "metrics.json")
     assert m["pipeline"] is None and m["landmark_model"] is None
     a, b = m["methods"]["static"]["summary"], full["methods"]["static"]["summary"]
-    for key in ("psnr", "ssim", "m_ld", "f_ld", "face_detection_rate"):
+    for key in ("psnr", "ssim", "box_psnr", "box_ssim", "m_ld", "f_ld", "face_detection_rate"):
         assert a[key] == b[key], key
 
 
@@ -178,3 +179,21 @@ def test_bad_requests_fail_before_any_work(synth, tmp_path):
     with pytest.raises(FileNotFoundError):
         evaluate(data=str(tmp_path / "missing"), output=str(tmp_path / "e"), methods=("static",))
     assert not (tmp_path / "b").exists()
+
+
+def test_dubbing_protocol_scores_the_clip_as_its_own_identity(synth):
+    out = synth["root"] / "dubbing"
+    args = parse(["evaluate", "--pipeline", str(synth["pipe"]), "--data", str(synth["data"]), "--output", str(out),
+                  "--protocol", "dubbing", "--sampler", "dpm:1", "--samples", "1", "--quiet"])
+    assert args.handler(args) == 0
+    m = strict_json(out / "metrics.json")
+    assert m["config"]["protocol"] == "dubbing"
+    static = m["methods"]["static"]
+    assert static["label"].startswith("frozen mouth")
+    # The floor keeps every pixel outside the mouth box: far closer to the ground truth than a still frame.
+    photo_floor = strict_json(synth["root"] / "report" / "metrics.json")["methods"]["static"]["summary"]
+    assert static["summary"]["psnr"] > photo_floor["psnr"] + 3
+    for method in ("pipeline", "gt_landmarks"):
+        summary = m["methods"][method]["summary"]
+        assert summary["frames"] == static["summary"]["frames"] and math.isfinite(summary["box_psnr"])
+    assert "**dubbing**" in (out / "report.md").read_text()

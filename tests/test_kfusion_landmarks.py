@@ -250,6 +250,93 @@ def test_config_errors():
         KFusionLandmarkModel(context_encoder="wav2vec2", wav2vec2_config={**TINY_WAV2VEC2, "hiden_size": 8})
 
 
+def test_new_config_errors():
+    with pytest.raises(ValueError, match="loudness_floor"):
+        KFusionLandmarkModel(**TINY, loudness_floor=0.0)
+    with pytest.raises(ValueError, match="loudness_reference"):
+        KFusionLandmarkModel(**TINY, loudness_reference="peak")
+    with pytest.raises(ValueError, match="mel_deltas"):
+        KFusionLandmarkModel(context_encoder="wav2vec2", wav2vec2_config=TINY_WAV2VEC2, mel_deltas=True)
+
+
+# -- issue 12 options: they default to the first models' behaviour ----------------------------------------------------
+
+
+def test_a_config_without_the_new_keys_loads_with_the_old_behaviour(model, tmp_path):
+    """assets/pipeline/landmark_model predates loudness_floor / loudness_reference / mel_deltas."""
+    import json
+
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("loudness_floor", "loudness_reference", "mel_deltas", "identity_frame"):
+        config.pop(key)
+    config_path.write_text(json.dumps(config))
+    loaded = KFusionLandmarkModel.from_pretrained(tmp_path)
+    assert (loaded.config.loudness_floor, loaded.config.loudness_reference, loaded.config.mel_deltas,
+            loaded.config.identity_frame) == (1e-3, "clip", False, "crop")
+    wave, ids = audio(0.5), identity()
+    with torch.no_grad():
+        assert torch.equal(loaded(wave, ids, 12).landmarks, model(wave, ids, 12).landmarks)
+
+
+def test_mel_deltas_triple_the_context_features_and_round_trip(tmp_path):
+    plain, with_deltas = build(), build(mel_deltas=True)
+    wave = audio(0.6)
+    assert with_deltas.context_in.in_features == 3 * plain.context_in.in_features
+    feats = with_deltas.context_frontend(wave)
+    base = plain.context_frontend(wave)
+    assert torch.allclose(feats[..., :16], base)
+    # The delta of a constant is 0; of a ramp, its slope.
+    from talking_head.models.kfusion_landmarks import _deltas
+
+    ramp = torch.arange(10.0)[None, :, None].expand(1, 10, 3)
+    assert torch.allclose(_deltas(ramp)[:, 2:-2], torch.ones(1, 6, 3))
+    assert torch.equal(_deltas(torch.ones(1, 7, 2)), torch.zeros(1, 7, 2))
+    with_deltas.save_pretrained(tmp_path)
+    loaded = KFusionLandmarkModel.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(wave, identity(), 15).landmarks, with_deltas(wave, identity(), 15).landmarks)
+
+
+def test_face_identity_frame_moves_any_face_alike():
+    """identity_frame="face": the same face shifted in the crop gets the same displacements; scaled by k
+    about its centre, displacements k times as large. The old "crop" frame does neither."""
+    face_model, crop_model = build(identity_frame="face"), build()
+    wave, ids = audio(0.5), identity()
+    moved = ids + torch.tensor([0.07, -0.04])
+    centre = ids.mean(dim=1, keepdim=True)
+    bigger = centre + 1.2 * (ids - centre)
+    with torch.no_grad():
+        base = face_model(wave, ids, 12).displacements
+        assert torch.allclose(face_model(wave, moved, 12).displacements, base, atol=1e-6)
+        assert torch.allclose(face_model(wave, bigger, 12).displacements, 1.2 * base, atol=1e-6)
+        assert not torch.allclose(crop_model(wave, moved, 12).displacements, crop_model(wave, ids, 12).displacements,
+                                  atol=1e-6)
+    with pytest.raises(ValueError, match="identity_frame"):
+        build(identity_frame="world")
+
+
+def test_active_loudness_is_not_diluted_by_silence():
+    speech = audio(1.0, batch=1)
+    padded = torch.cat([torch.zeros(1, 4 * SR), speech], dim=1)
+    active = build(loudness_reference="active")
+    clip = build()
+
+    def gain(m, wave):
+        frames = round(wave.shape[1] / SR * 25)
+        out = m._prepare_waveform(wave, frames, 25.0)
+        return float(out[0, -SR:].abs().max() / wave[0, -SR:].abs().max())
+
+    assert gain(active, padded) == pytest.approx(gain(active, speech), rel=0.02)
+    assert gain(clip, padded) > 2.0 * gain(clip, speech)  # the old reference: 4 s of silence more than doubles it
+    # The floor bounds the gain: room noise is not raised to speech level.
+    noise = 0.003 * torch.randn(1, SR)
+    quiet = build(loudness_reference="active", loudness_floor=0.02)
+    assert gain(quiet, noise) == pytest.approx(0.1 / 0.02, rel=1e-4)
+    assert torch.equal(quiet._prepare_waveform(torch.zeros(1, SR), 25, 25.0), torch.zeros(1, SR))
+
+
 # -- loss ------------------------------------------------------------------------------------------------------------
 
 
@@ -275,6 +362,27 @@ def test_loss_velocity_term_penalises_jitter():
         landmark_loss(target + offset, target, **no_velocity), landmark_loss(target + jitter, target, **no_velocity)
     )
     assert landmark_loss(target + jitter, target) > 2 * landmark_loss(target + offset, target)
+
+
+def test_centered_loss_ignores_translation_and_silent_term_weighs_silent_mouths():
+    target = torch.rand(2, 6, 68, 2)
+    shifted = target + torch.tensor([0.05, -0.02])  # the whole face moved: same shape
+    assert landmark_loss(shifted, target, centered=True).item() == pytest.approx(0.0, abs=1e-10)
+    assert landmark_loss(shifted, target).item() > 1e-4
+    with_abs = landmark_loss(shifted, target, centered=True, absolute_weight=1.0).item()
+    assert with_abs == pytest.approx(float(((shifted - target) ** 2).mean()), rel=1e-5)
+    # The silent term: an error on the mouth of silent frames only costs with silent_weight.
+    pred = target.clone()
+    pred[:, :3, MOUTH_SLICE] += 0.1
+    silent = torch.zeros(2, 6, dtype=torch.bool)
+    silent[:, :3] = True
+    base = landmark_loss(pred, target).item()
+    extra = landmark_loss(pred, target, silent_frames=silent, silent_weight=1.0).item() - base
+    assert extra == pytest.approx(0.01, rel=1e-4)  # MSE over silent mouth points = 0.1 ** 2
+    talking = landmark_loss(pred, target, silent_frames=~silent, silent_weight=1.0).item()
+    assert talking == pytest.approx(base, rel=1e-6)
+    with pytest.raises(ValueError, match="silent_frames"):
+        landmark_loss(pred, target, silent_frames=silent[:, :4], silent_weight=1.0)
 
 
 def test_loss_errors():

@@ -10,7 +10,8 @@ from talking_head.models.mask_noise import GaussianMaskNoise, MaskNoiseOutput
 
 
 B, C, F, H, W = 2, 3, 2, 32, 32
-SMALL = dict(kernel_size=7, sigma=1.5, threshold=0.1)  # window half-size 3 px; blobs fit 32×32 frames
+# The paper's dotted mask (mask_mode="landmarks"); the region mode is tested in test_mouth_box.py.
+SMALL = dict(mask_mode="landmarks", kernel_size=7, sigma=1.5, threshold=0.1)  # half-window 3 px: fits 32×32
 
 
 def make_frames(dtype=torch.float32, seed=0):
@@ -161,8 +162,8 @@ def test_points_off_the_frame_or_missing_contribute_nothing():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    layer = GaussianMaskNoise(kernel_size=9, sigma=2.0, threshold=0.25, noise_type="gaussian_additive",
-                              noise_scale=0.7)
+    layer = GaussianMaskNoise(mask_mode="landmarks", kernel_size=9, sigma=2.0, threshold=0.25,
+                              noise_type="gaussian_additive", noise_scale=0.7)
     layer.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
     loaded = GaussianMaskNoise.from_pretrained(tmp_path)

@@ -18,6 +18,7 @@ from talking_head.schedulers import scheduler_from_name
 from talking_head.utils import save_pipeline_atomic
 
 SIZE = 32
+PHOTO = 80  # the identity fixture's side: the output is the photo at its own resolution
 SR = 16000
 STEPS = dict(t_start=300, num_inference_steps=3)
 
@@ -61,7 +62,7 @@ def test_output_types_shapes_and_ranges(pipe, identity):
     out = run(pipe, identity, seconds=0.4)
     assert isinstance(out, TalkingHeadPipelineOutput)
     frames = out.frames
-    assert frames.shape == (1, 10, SIZE, SIZE, 3)  # 0.4 s at 25 fps
+    assert frames.shape == (1, 10, PHOTO, PHOTO, 3)  # 0.4 s at 25 fps
     assert frames.dtype == np.float32 and frames.min() >= 0 and frames.max() <= 1
     assert out.landmarks.shape == (1, 10, 68, 2)
     assert out.emotion[0] in EMOTIONS
@@ -69,11 +70,11 @@ def test_output_types_shapes_and_ranges(pipe, identity):
     assert out.fps == 25.0 and out.sample_rate == SR and out.audio.shape == (1, int(0.4 * SR))
 
     pt = run(pipe, identity, output_type="pt").frames
-    assert isinstance(pt, torch.Tensor) and pt.shape == (1, 10, 3, SIZE, SIZE)
+    assert isinstance(pt, torch.Tensor) and pt.shape == (1, 10, 3, PHOTO, PHOTO)
     np.testing.assert_allclose(pt.permute(0, 1, 3, 4, 2).numpy(), frames, atol=1e-6)
     pil = run(pipe, identity, output_type="pil").frames
     assert len(pil) == 1 and len(pil[0]) == 10 and isinstance(pil[0][0], PIL.Image.Image)
-    assert pil[0][0].size == (SIZE, SIZE)
+    assert pil[0][0].size == (PHOTO, PHOTO)
 
     frames_t, lmk_t, emo_t = run(pipe, identity, return_dict=False)
     np.testing.assert_array_equal(frames_t, frames)
@@ -168,7 +169,7 @@ def test_other_schedulers_work_through_the_same_call(identity, name, steps):
     seen = []
     out = run(p, identity, num_inference_steps=steps,
               callback_on_step_end=lambda pp, i, t, kw: (seen.append(int(t)), kw)[1])
-    assert out.frames.shape == (1, 10, SIZE, SIZE, 3) and np.isfinite(out.frames).all()
+    assert out.frames.shape == (1, 10, PHOTO, PHOTO, 3) and np.isfinite(out.frames).all()
     assert len(seen) == steps and seen[0] < 300
 
 
@@ -176,7 +177,7 @@ def test_batch_of_two_with_one_identity(pipe, identity):
     image, lmk = identity
     out = pipe([voice_like(0.4, seed=1), voice_like(0.4, seed=2)], image, sample_rate=SR, identity_landmarks=lmk,
                emotion=["angry", "happy"], generator=torch.Generator().manual_seed(0), **STEPS)
-    assert out.frames.shape == (2, 10, SIZE, SIZE, 3) and out.emotion == ["angry", "happy"]
+    assert out.frames.shape == (2, 10, PHOTO, PHOTO, 3) and out.emotion == ["angry", "happy"]
 
 
 def test_landmarks_are_in_output_pixels_and_follow_the_identity(pipe, identity):
@@ -185,7 +186,7 @@ def test_landmarks_are_in_output_pixels_and_follow_the_identity(pipe, identity):
     # An untrained landmark model adds small displacements to the identity's own (cropped) landmarks.
     assert np.isfinite(lm).all()
     centre = lm.reshape(-1, 2).mean(0)
-    assert 0.2 * SIZE < centre[0] < 0.8 * SIZE and 0.2 * SIZE < centre[1] < 0.8 * SIZE
+    assert 0.2 * PHOTO < centre[0] < 0.8 * PHOTO and 0.2 * PHOTO < centre[1] < 0.8 * PHOTO
 
 
 def test_dtype_move_keeps_landmark_model_fp32(identity):
@@ -210,7 +211,7 @@ def test_real_speech_file_and_real_photo_with_detected_face():
 
     info = soundfile.info(str(SPEECH))
     assert out.frames.shape[1] == round(info.duration * 25)
-    assert out.frames.shape[2:] == (SIZE, SIZE, 3)
+    assert out.frames.shape[2:] == (512, 512, 3)  # the astronaut photo at its own size
 
 
 # --------------------------------------------------------------- bad input
@@ -336,10 +337,14 @@ def test_given_landmarks_drive_the_video(pipe, identity):
 
 def test_identity_that_already_is_a_face_crop(pipe, identity):
     image, lmk = identity  # 80×80
-    crop, crop_lmk = pipe.prepare_identity(image, lmk, crop_face_box=False)
-    assert crop.shape == (SIZE, SIZE, 3)
-    np.testing.assert_allclose(crop_lmk, lmk * SIZE / 80, atol=1e-3)
-    expected = np.asarray(PIL.Image.fromarray(image).resize((SIZE, SIZE), PIL.Image.BILINEAR), dtype=np.float32)
-    assert np.abs(crop.astype(np.float32) - expected).mean() < 4
+    photo = pipe.prepare_identity(image, lmk, crop_face=False)
+    np.testing.assert_array_equal(photo.image, image)
+    assert photo.face_box == (40.0, 40.0, 80.0)  # the whole frame is the face crop
+    np.testing.assert_allclose(photo.landmarks, lmk)
+    # A wider frame: its centre square is the photo, the landmarks move with it.
+    wide = np.concatenate([image[:, :10], image, image[:, :10]], axis=1)  # 80×100
+    photo = pipe.prepare_identity(wide, lmk + np.float32([10, 0]), crop_face=False)
+    np.testing.assert_array_equal(photo.image, image)
+    np.testing.assert_allclose(photo.landmarks, lmk, atol=1e-5)
     out = run(pipe, identity, crop_face=False, num_inference_steps=1)
-    assert out.frames.shape == (1, 10, SIZE, SIZE, 3)
+    assert out.frames.shape == (1, 10, PHOTO, PHOTO, 3)

@@ -95,36 +95,52 @@ def test_data_order_is_seeded_per_epoch_and_resumable():
 
 
 # ------------------------------------------------------------------------------------------------ diffusion pair
-def _batch(size=16, frames=3, batch=2, seed=0):
+def _batch(size=64, frames=3, batch=2, seed=0):
+    """A batch as TalkingHeadClipDataset gives it: stored face crops of `size` px, normalised landmarks."""
     g = torch.Generator().manual_seed(seed)
     lm = torch.from_numpy(synthetic_face_landmarks(size) / size).float()
+    ref_lm = lm.clone()
+    ref_lm[60:68, 1] += 0.02  # the reference's mouth is open
     return {
         "frames": torch.rand(batch, 3, frames, size, size, generator=g) * 2 - 1,
         "reference": torch.rand(batch, 3, size, size, generator=g) * 2 - 1,
         "landmarks": lm[None, None].repeat(batch, frames, 1, 1),
+        "reference_landmarks": ref_lm[None].repeat(batch, 1, 1),
         "emotion": torch.tensor([1, 5][:batch]),
     }
 
 
+BOX = 16  # the UNet's mouth box in these tests
+
+
 @pytest.mark.parametrize("prediction_type", training.PREDICTION_TYPES)
 def test_diffusion_pair_matches_the_pipeline_and_the_scheduler(prediction_type):
+    from talking_head.mouth_box import MouthBox
+    from talking_head.pipelines.pipeline_talking_head import UNET_IN_CHANNELS
+
     scheduler = default_ddpm_scheduler(prediction_type)
-    mask_noise = training.build_mask_noise(16)
+    mask_noise = training.build_mask_noise(BOX)
     batch = _batch()
     t = torch.tensor([10, 299])
     torch.manual_seed(0)
-    pair = training.make_diffusion_pair(batch, mask_noise, scheduler, 7, prediction_type, t, p_uncond=0.0)
-    x0 = batch["frames"]
-    assert pair.model_input.shape == (2, 7, 3, 16, 16)
+    pair = training.make_diffusion_pair(batch, mask_noise, scheduler, BOX, prediction_type, t, p_uncond=0.0)
+    assert pair.model_input.shape == (2, UNET_IN_CHANNELS, 3, BOX, BOX)
+    # x0 is the clip cut to the box around the lower face of the frames and the reference, as the pipeline cuts.
+    points = torch.cat([batch["landmarks"][0], batch["reference_landmarks"][0][None]]) * 64
+    box = MouthBox.from_landmarks(points)
+    x0 = box.cut(batch["frames"][0].transpose(0, 1), BOX).transpose(0, 1)
+    torch.testing.assert_close(pair.sample[0], x0)
+    torch.testing.assert_close(pair.reference[0], box.cut(batch["reference"][:1], BOX)[0])
+    # Channels in the pipeline's order: noisy, context, mask, heatmaps, reference.
     assert torch.equal(pair.model_input[:, :3], pair.noisy) and torch.equal(pair.model_input[:, 3:6], pair.cond)
-    # The condition is the reference repeated over the frames, noised exactly where the target landmarks are.
-    expected_mask = mask_noise.compute_mask(batch["landmarks"], 16, 16)
-    assert torch.equal(pair.mask, expected_mask) and 0 < expected_mask.mean() < 1
-    reference = batch["reference"][:, :, None].expand_as(x0)
-    keep = ~expected_mask.bool().expand_as(x0)
-    assert torch.equal(pair.cond[keep], reference[keep])
+    assert torch.equal(pair.model_input[:, 6:7], pair.mask)
+    assert torch.equal(pair.model_input[:, 10:13], pair.reference[:, :, None].expand_as(pair.sample))
+    # The context is the target itself outside the region, noise inside it; the region covers the reference too.
+    keep = ~pair.mask.bool().expand_as(pair.sample)
+    assert torch.equal(pair.cond[keep], pair.sample[keep]) and 0 < pair.mask.mean() < 1
     assert torch.equal(pair.class_labels, batch["emotion"])
     # The target is what the scheduler's prediction_type means, and it maps back to x0.
+    x0 = pair.sample
     noise = (pair.noisy - scheduler.alphas_cumprod[t].sqrt().view(-1, 1, 1, 1, 1) * x0) / (
         1 - scheduler.alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1, 1)
     if prediction_type == "epsilon":
@@ -135,14 +151,39 @@ def test_diffusion_pair_matches_the_pipeline_and_the_scheduler(prediction_type):
         torch.testing.assert_close(pair.target, scheduler.get_velocity(x0, noise, t), atol=1e-4, rtol=1e-4)
     recovered = training.predicted_sample(pair.target, pair.noisy, t, scheduler, prediction_type)
     torch.testing.assert_close(recovered, x0, atol=1e-4, rtol=1e-4)
-    # The paper's 3-channel UNet sees only the noisy frames.
-    assert training.make_diffusion_pair(batch, mask_noise, scheduler, 3, prediction_type, t).model_input.shape[1] == 3
+
+
+def test_box_jitter_moves_and_scales_the_box_but_keeps_the_mouth_inside():
+    batch = _batch()
+    torch.manual_seed(3)
+    jittered = training.mouth_boxes(batch, BOX, jitter=True)
+    exact = training.mouth_boxes(batch, BOX)
+    assert not torch.allclose(jittered["landmarks"], exact["landmarks"])
+    mouth = jittered["landmarks"][:, :, 48:68]
+    assert (mouth > 0.05).all() and (mouth < 0.95).all()
+
+
+def test_region_loss_counts_only_the_region_and_the_structure_terms():
+    x = torch.zeros(1, 3, 2, 16, 16)
+    y = torch.zeros_like(x)
+    y[..., :8] = 1.0  # differs only on the left half
+    mask = torch.zeros(1, 1, 2, 16, 16)
+    assert training.region_loss(x, y, mask + 0) == 0  # an empty region scores nothing
+    mask[..., 8:] = 1
+    assert training.region_loss(x, y, mask) == 0  # the right half is identical
+    mask[..., :] = 1
+    assert training.region_loss(x, y, mask) == pytest.approx(0.5)
+    for structure in ("ssim", "edge"):
+        assert training.region_loss(x, y, mask, structure) > training.region_loss(x, y, mask)
+        assert training.region_loss(y, y, mask, structure) == pytest.approx(0, abs=1e-6)
+    with pytest.raises(ValueError):
+        training.region_loss(x, y, mask, "perceptual")
 
 
 def test_classifier_free_dropout_and_timestep_sampling():
-    scheduler, mask_noise, batch = default_ddpm_scheduler(), training.build_mask_noise(16), _batch()
+    scheduler, mask_noise, batch = default_ddpm_scheduler(), training.build_mask_noise(BOX), _batch()
     t = torch.tensor([0, 1])
-    dropped = training.make_diffusion_pair(batch, mask_noise, scheduler, 7, "epsilon", t, p_uncond=1.0)
+    dropped = training.make_diffusion_pair(batch, mask_noise, scheduler, BOX, "epsilon", t, p_uncond=1.0)
     assert (dropped.class_labels == NULL_EMOTION).all()
     torch.manual_seed(0)
     low = training.sample_timesteps(4000, 1000, "below_t_start", 300, 0.0, "cpu")
@@ -183,16 +224,17 @@ def _train(params, step_fn, steps, lr):
 
 def test_diffusion_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
-    unet = training.build_unet("tiny", 16, 7)
-    scheduler, mask_noise, batch = default_ddpm_scheduler("sample"), training.build_mask_noise(16), _batch(frames=2)
+    unet = training.build_unet("tiny", BOX, residual_channel=10)
+    scheduler, mask_noise, batch = default_ddpm_scheduler("sample"), training.build_mask_noise(BOX), _batch(frames=2)
     t = torch.tensor([50, 250])
 
     def step():
         torch.manual_seed(1)  # the same noise every step: a fixed batch
-        pair = training.make_diffusion_pair(batch, mask_noise, scheduler, 7, "sample", t)
-        return F.mse_loss(unet(pair.model_input, t, class_labels=pair.class_labels).sample, pair.target)
+        pair = training.make_diffusion_pair(batch, mask_noise, scheduler, BOX, "sample", t)
+        pred = unet(pair.model_input, t, class_labels=pair.class_labels).sample
+        return training.region_loss(pred, pair.target, pair.mask)
 
-    losses = _train(unet.parameters(), step, 30, 3e-3)
+    losses = _train(unet.parameters(), step, 60, 3e-3)
     assert losses[-1] < 0.5 * losses[0], losses
 
 

@@ -136,14 +136,14 @@ def test_diffusion_survives_sigkill_resumes_exactly_and_saves_a_pipeline(tmp_pat
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
     assert not list(out.glob(".checkpoint-*"))
     metrics = read_jsonl(out / "metrics.jsonl")
-    assert [m["step"] for m in metrics if "val/psnr" in m][-2:] == [6, 12]
+    assert [m["step"] for m in metrics if "val/box_psnr" in m][-2:] == [6, 12]
     assert sorted(p.name for p in (out / "validation").glob("*.mp4"))[-1] == "step-0000012.mp4"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "logs" / "train_diffusion"), size_guidance={"images": 0})
     events.Reload()
-    assert "validation/cond_generated_truth" in events.Tags()["images"]
-    assert events.Images("validation/cond_generated_truth")[-1].encoded_image_string[:3] == b"GIF"
+    assert "validation/context_generated_truth" in events.Tags()["images"]
+    assert events.Images("validation/context_generated_truth")[-1].encoded_image_string[:3] == b"GIF"
 
     from talking_head import TalkingHeadPipeline
 
@@ -156,7 +156,7 @@ def test_diffusion_survives_sigkill_resumes_exactly_and_saves_a_pipeline(tmp_pat
     image = (np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)
     result = pipe(voice_like(0.4), image, sample_rate=16000, identity_landmarks=synthetic_face_landmarks(96),
                   num_inference_steps=2, generator=torch.Generator().manual_seed(0))
-    assert result.frames.shape == (1, 10, 16, 16, 3) and np.isfinite(result.frames).all()
+    assert result.frames.shape == (1, 10, 96, 96, 3) and np.isfinite(result.frames).all()  # the photo's size
     assert result.emotion[0] in pipe.emotion_classifier.config.label2id  # the trained classifier picked it
 
 
@@ -185,3 +185,8 @@ def test_two_gloo_processes_see_different_batches_and_end_identical(tmp_path, vi
     assert {p.name for p in (out / "checkpoint-4").glob("random_states_*.pkl")} == {"random_states_0.pkl",
                                                                                   "random_states_1.pkl"}
     assert (out / "pipeline" / "model_index.json").is_file()
+    # No --emotion_model: the pipeline carries no (untrained) classifier and generates with the null class.
+    index = json.loads((out / "pipeline" / "model_index.json").read_text())
+    assert index.get("emotion_classifier") in (None, [None, None])
+    info = json.loads((out / "pipeline" / "training_info.json").read_text())
+    assert info["components"]["emotion_classifier"].startswith("none")

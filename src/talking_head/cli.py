@@ -39,6 +39,10 @@ def _assets_dir() -> Path:
     return Path(str(files("talking_head.assets")))
 
 
+# The demo's sampler (the bundled default is a sample-predicting model: a few steps are enough).
+DEMO_SAMPLER, DEMO_STEPS = "dpm", 10
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="talking-head", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -58,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--pipeline", default=None,
                            help="pipeline directory (save_pretrained / init; default: the bundled trained one)")
             p.add_argument("--audio", required=True, help="speech: wav, flac, mp3, m4a or a video file")
-            p.add_argument("--identity", required=True, help="photo of the person (png, jpg, ...)")
+            p.add_argument("--identity", required=True,
+                           help="photo of the person (png, jpg, ...), or a video of them to dub (mp4, mov, mkv, ...): "
+                                "its frames are kept and only the lower face is redrawn from the new speech")
+            p.add_argument("--reference-frame", type=int, default=None,
+                           help="with a video identity: the frame whose mouth is the texture reference "
+                                "(default: the frame with the most closed mouth)")
             p.add_argument("--output", required=True, help="MP4 to write")
         else:
             p.add_argument("--pipeline", default=None,
@@ -68,12 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="emotion to show (default: detected from the audio by the pipeline's classifier; "
                             "none, the unconditional output, when it has none)")
         p.add_argument("--t-start", type=positive_int, default=300, help="SDEdit start timestep (paper: 300)")
-        p.add_argument("--steps", type=positive_int, default=None if name == "generate" else 10,
+        p.add_argument("--steps", type=positive_int, default=None if name == "generate" else DEMO_STEPS,
                        help="denoising steps (default: t-start for ddpm, 25 for dpm, 50 for ddim"
-                            + ("" if name == "generate" else "; the demo uses 10 dpm steps") + ")")
-        p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"], default="ddpm" if name == "generate" else "dpm")
+                            + ("" if name == "generate" else f"; the demo uses {DEMO_STEPS} {DEMO_SAMPLER} steps")
+                            + ")")
+        p.add_argument("--scheduler", choices=["ddpm", "ddim", "dpm"],
+                       default="ddpm" if name == "generate" else DEMO_SAMPLER)
         p.add_argument("--guidance-scale", type=float, default=1.0, help="emotion guidance; 1 = off")
         p.add_argument("--fps", type=positive_float, default=DEFAULT_FPS)
+        p.add_argument("--max-size", type=positive_int, default=1024,
+                       help="longest side of the output video in pixels; larger photos are scaled down (default 1024)")
+        p.add_argument("--crop", action="store_true",
+                       help="write the square face crop instead of the whole photo")
         p.add_argument("--min-size", type=positive_int, default=256,
                        help="scale smaller frames up to this side in the MP4, for viewing (default 256; 1 = off)")
         p.add_argument("--seed", type=int, default=0)
@@ -139,7 +154,8 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
     with VideoWriter(out_path, fps=args.fps, audio=waveform, min_size=min_size) as writer:
         result = pipe(waveform, identity, sample_rate=16000, emotion=args.emotion, t_start=args.t_start,
                       num_inference_steps=steps, guidance_scale=args.guidance_scale, fps=args.fps,
-                      generator=generator, output_type=None,
+                      max_size=args.max_size, output_crop=args.crop, generator=generator, output_type=None,
+                      reference_frame=getattr(args, "reference_frame", None),
                       frames_callback=lambda frames: writer.write(frames[0]))
     seconds = time.perf_counter() - started
     frames = result.landmarks.shape[1]
@@ -149,8 +165,11 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
         how = "the pipeline has no emotion classifier"
     else:
         how = f"detected, p={float(np.max(result.emotion_probs)):.2f}"
-    print(f"wrote {out_path}: {frames} frames at {args.fps:g} fps ({frames / args.fps:.2f} s), "
-          f"emotion {result.emotion[0]} ({how}), {seconds:.1f} s on {device}")
+    height, width = writer.frame_size or (0, 0)
+    print(f"wrote {out_path}: {frames} frames of {width}x{height} at {args.fps:g} fps ({frames / args.fps:.2f} s), "
+          f"emotion {result.emotion[0]} ({how}), {seconds:.1f} s on {device}"
+          + (f"; {result.frames_without_face[0]} frames without a face passed through unchanged"
+             if result.frames_without_face and result.frames_without_face[0] else ""))
     return 0
 
 
@@ -171,7 +190,7 @@ def cmd_demo(args) -> int:
 
     assets = _assets_dir()
     pipeline_dir = args.pipeline
-    speech, identity = assets / "demo_speech.wav", assets / "demo_identity.png"
+    speech, identity = assets / "demo_speech.wav", assets / "demo_identity.jpg"
     if not (speech.is_file() and identity.is_file()):
         # The bundled person is missing (a trimmed install): the synthetic voice and a public-domain photo.
         speech, identity = assets / "speech_demo.wav", data.astronaut()

@@ -1,8 +1,8 @@
 """Randomly initialised pipelines of known sizes: `talking-head init --preset NAME`.
 
-tiny:  64×64 frames, a 3-level UNet with 16/32/64 channels; seconds per clip on a CPU,
-       for tests, CI and trying the tooling.
-paper: 256×256 frames, the paper's 4-level "Basic UNet" with 32/64/128/256 channels,
+tiny:  a 64×64 mouth box, a 3-level UNet with 16/32/64 channels; a fraction of a second per clip on a
+       CPU, for CPU use, tests and CI.
+paper: a 256×256 mouth box, the paper's 4-level "Basic UNet" with 32/64/128/256 channels,
        8 emotion classes, DDPM with 1000 training timesteps (300 at inference).
 """
 
@@ -25,20 +25,16 @@ def build_pipeline(preset: str = "tiny", sample_size: int | None = None, seed: i
     """A `TalkingHeadPipeline` with freshly initialised weights for `preset`."""
     import torch
 
-    from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
+    from talking_head.pipelines.pipeline_talking_head import UNET_IN_CHANNELS, TalkingHeadPipeline
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     spec = PRESETS[preset]
     size = int(sample_size or spec["sample_size"])
     torch.manual_seed(seed)
-    # The mask-noise blobs are set in pixels for 256×256 crops; scale them with the resolution.
-    ref = GaussianMaskNoise()
-    scale = size / 256.0
-    kernel = max(1, int(round(ref.config.kernel_size * scale)) | 1)
-    mask_noise = GaussianMaskNoise(kernel_size=kernel, sigma=max(0.5, ref.config.sigma * scale),
-                                   threshold=ref.config.threshold, noise_type=ref.config.noise_type)
-    unet = ClassConditionedUNet3DModel(sample_size=size, in_channels=7, out_channels=3,
+    # The renderer regenerates the lower face in a mouth box of `size` pixels (DESIGN 7.2).
+    mask_noise = GaussianMaskNoise()
+    unet = ClassConditionedUNet3DModel(sample_size=size, in_channels=UNET_IN_CHANNELS, out_channels=3,
                                        block_out_channels=spec["block_out_channels"],
                                        layers_per_block=spec["layers_per_block"])
     landmark_model = KFusionLandmarkModel()

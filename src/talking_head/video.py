@@ -147,6 +147,11 @@ class VideoWriter:
         self._closed = False
         self._done = False  # True once the file is in place
 
+    @property
+    def frame_size(self) -> tuple[int, int] | None:
+        """(height, width) of the frames written so far (None before the first)."""
+        return self._size
+
     # -------------------------------------------------------------- process
 
     def _start(self, h: int, w: int) -> None:

@@ -41,7 +41,10 @@ TalkingHeadClipDataset(root, split="train", clip_frames=16, sample_size=None,
     split, from any of that speaker's clips, at least clip_frames frames away
     from the window when it is in the same clip (another moment, so the model
     cannot copy the target); "same_clip" - the same but only from the window's
-    clip; "first" - the clip's first face-valid frame.
+    clip; "first" - the clip's first face-valid frame; "mouth_contrast" - as "random", but among
+    MOUTH_CANDIDATES such frames one whose mouth opening differs from the window's mean by at least
+    MOUTH_CONTRAST (else the most different one), so a renderer cannot copy the target mouth from it
+    (DESIGN 7.2 item 4).
 
 EmotionAudioDataset(root, split="train", max_seconds=4.0, random_crop=True, seed=0)
     Labelled audio for the emotion classifier: every manifest entry with a known
@@ -67,7 +70,16 @@ from PIL import Image
 from talking_head.constants import NULL_EMOTION, NUM_EMOTIONS, NUM_LANDMARKS, SAMPLE_RATE
 from talking_head.data import layout
 
-REFERENCE_MODES = ("random", "same_clip", "first")
+REFERENCE_MODES = ("random", "same_clip", "first", "mouth_contrast")
+# Inner-lip opening (points 62-66, normalised to the crop) by which a "mouth_contrast" reference differs from
+# the window's mean opening when such a frame is among its candidates.
+MOUTH_CONTRAST = 0.02
+MOUTH_CANDIDATES = 8
+
+
+def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
+    """Inner-lip opening |p66 - p62| of (..., 68, 2) landmarks, in their units."""
+    return np.linalg.norm(landmarks[..., 66, :] - landmarks[..., 62, :], axis=-1)
 
 
 def _valid_starts(valid: np.ndarray, length: int) -> np.ndarray:
@@ -259,8 +271,18 @@ class TalkingHeadClipDataset(torch.utils.data.Dataset):
     def _pick_reference(self, c: int, s: int, rng: np.random.Generator) -> tuple[int, int]:
         if self.reference == "first":
             return c, int(self._valid_frames[c][0])
+        if self.reference == "mouth_contrast":
+            window = float(np.nanmean(mouth_opening(self._landmarks(c)[s: s + self.clip_frames])))
+            candidates = [self._pick_other(c, s, rng, "random") for _ in range(MOUTH_CANDIDATES)]
+            diffs = [abs(float(mouth_opening(self._landmarks(k)[f])) - window) for k, f in candidates]
+            far = [i for i, d in enumerate(diffs) if d >= MOUTH_CONTRAST]
+            return candidates[far[0] if far else int(np.argmax(diffs))]
+        return self._pick_other(c, s, rng, self.reference)
+
+    def _pick_other(self, c: int, s: int, rng: np.random.Generator, mode: str) -> tuple[int, int]:
+        """A face-valid frame of the same speaker ("random") or clip ("same_clip") away from the window."""
         F = self.clip_frames
-        pool = [c] if self.reference == "same_clip" else self._by_speaker[self.clips[c]["speaker"]]
+        pool = [c] if mode == "same_clip" else self._by_speaker[self.clips[c]["speaker"]]
         sizes = np.array([len(self._valid_frames[k]) for k in pool], dtype=np.float64)
         for _ in range(16):
             k = pool[rng.choice(len(pool), p=sizes / sizes.sum())]

@@ -1,6 +1,7 @@
 """`talking-head prepare`: real recordings -> a prepared dataset (DESIGN.md section 3).
 
     talking-head prepare video FILES... --output DIR [--fps 25] [--size 256] [--test-fraction 0.1]
+                                        [--split time|file|test]
     talking-head prepare mead ROOT --output DIR [--speakers M030,M031] [--view front]
     talking-head prepare emotion-audio ROOT --output DIR [--test-speakers 13,14,15,16]
 
@@ -9,7 +10,12 @@ manifest fields: see talking_head.data.layout. How one video is processed
 (decode at the target fps, dlib landmarks with face tracking, smoothed square
 crop with talking_head.face, aligned audio): see talking_head.data.process.
 
-Video sources are split into TWO clips per file, `<stem>-train` (first 90 %)
+Corpora of short sentences (GRID) use `--split file`: every file is one whole clip, the
+last --test-fraction of the files (by name) are test (a whole-sentence hold-out); `--split test` makes
+every file a test clip (speakers a model never trains on). A folder holding one recording in two
+containers (GRID s1/: `x.mp4` and `x.mpg`) contributes it once (the first in VIDEO_EXTS order).
+
+Video sources (with the default --split time) are split into TWO clips per file, `<stem>-train` (first 90 %)
 and `<stem>-test` (last 10 %), each a complete clip of its own, so every
 consumer simply filters the manifest by `split`. The crop boxes are smoothed
 over the whole file before it is cut, so the two parts are framed alike.
@@ -374,7 +380,17 @@ def _expand_files(files) -> list[Path]:
             videos = sorted(q for q in p.iterdir() if q.suffix.lower() in VIDEO_EXTS and q.is_file())
             if not videos:
                 raise ValueError(f"{p} is a folder with no video files in it ({', '.join(sorted(VIDEO_EXTS))})")
-            out += videos
+            # The same recording in two containers (GRID's s1/ holds bbbs7a.mp4 and bbbs7a.mpg) would be
+            # prepared twice, and with --split file could land in train AND test: keep one per stem.
+            by_stem: dict = {}
+            for q in videos:
+                by_stem.setdefault(q.stem, []).append(q)
+            for stem, same in by_stem.items():
+                if len(same) > 1:
+                    same.sort(key=lambda q: VIDEO_EXTS.index(q.suffix.lower()))
+                    print(f"note: {p} has {stem} as {', '.join(q.suffix for q in same)}; using {same[0].name}",
+                          file=sys.stderr)
+            out += sorted(same[0] for same in by_stem.values())
         else:
             out.append(p)
     # A sibling audio file given along with its video (e.g. `folder/*`) is that video's audio.
@@ -641,10 +657,16 @@ def add_prepare_parser(sub) -> argparse.ArgumentParser:
                        description=__doc__.split("\n\n")[0])
     src = p.add_subparsers(dest="source", required=True, metavar="{video,mead,emotion-audio}")
 
-    v = src.add_parser("video", parents=[common, vid], help="video files of one person (90/10 split by time)")
+    v = src.add_parser("video", parents=[common, vid],
+                       help="video files of one person (90/10 split by time, or whole files: --split)")
     v.add_argument("files", nargs="+", help="video files (or folders of them); audio inside or in a sibling .wav")
+    v.add_argument("--split", choices=["time", "file", "test"], default="time",
+                   help="time (default): the last --test-fraction of each file's time is test; file: the last "
+                        "--test-fraction of the files (by name) are test, whole (short sentences, e.g. GRID); "
+                        "test: every file is a whole test clip (held-out speakers)")
     v.add_argument("--test-fraction", type=_fraction, default=0.1,
-                   help="last part of each file used as test (default 0.1)")
+                   help="with --split time, the last part of each file used as test; with --split file, the "
+                        "fraction of the files (default 0.1)")
     v.add_argument("--speaker", default=None, help="speaker name (default: the files' folder name)")
     v.add_argument("--emotion", choices=list(EMOTIONS), default=None, help="emotion label of all files")
     v.add_argument("--level", type=int, default=None, help="emotion intensity label of all files")
@@ -681,7 +703,8 @@ def cmd_prepare(args) -> int:
         return 0 if s["clips"] else 1
     if args.source == "video":
         jobs = video_jobs(_expand_files(args.files), test_fraction=args.test_fraction,
-                          speaker=args.speaker, emotion=args.emotion, level=args.level)  # fmt: skip
+                          speaker=args.speaker, emotion=args.emotion, level=args.level,
+                          split=args.split)  # fmt: skip
     else:
         jobs = mead_jobs(args.root, speakers=args.speakers, view=args.view, emotions=args.emotions,
                          levels=args.levels)  # fmt: skip

@@ -1,8 +1,15 @@
 """Turn the inputs of `talking-head prepare` into jobs: what to prepare, under which clip ids and labels.
 
-video          each file of one person gives two clips, `<stem>-train` (its first 1 - f of the
-               time) and `<stem>-test` (the last f; f = --test-fraction, default 0.1); with f = 0
-               one clip `<stem>` in train. Audio: the sibling audio file with the same stem
+video          --split time (default): each file of one person gives two clips, `<stem>-train`
+               (its first 1 - f of the time) and `<stem>-test` (the last f; f = --test-fraction,
+               default 0.1); with f = 0 one clip `<stem>` in train.
+               --split file: each file is one whole clip `<stem>`; the last f of the files, sorted
+               by path (round(f * n), at least 1 when f > 0 and n > 1), are test, the others train.
+               For corpora of many short sentences (GRID: 3 s each, silence at both ends), where
+               a whole-sentence hold-out is the honest test and the last 10 % of a 3 s clip would
+               be mostly silence.
+               --split test: each file is one whole clip `<stem>` in test (a held-out set, e.g.
+               speakers a model never trained on). Audio: the sibling audio file with the same stem
                (.wav, .flac, .m4a, .mp3, .ogg, .aac) when there is one, else the video's track.
 mead           `<ID>/video/<view>/<emotion>/level_<n>/<nnn>.mp4` with its audio in
                `<ID>/audio/<emotion>/level_<n>/<nnn>.m4a` (required). One clip per video,
@@ -61,13 +68,28 @@ def sibling_audio(video: Path) -> Path | None:
     return None
 
 
-def video_jobs(files, *, test_fraction=0.1, speaker=None, emotion=None, level=None) -> list[dict]:
+VIDEO_SPLITS = ("time", "file", "test")
+
+
+def video_jobs(files, *, test_fraction=0.1, speaker=None, emotion=None, level=None,
+               split="time") -> list[dict]:  # fmt: skip
     """Jobs for `prepare video FILES...` (see the module docstring)."""
     paths = [Path(f) for f in files]
     if not paths:
         raise ValueError("no video files given")
+    if split not in VIDEO_SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(VIDEO_SPLITS)}, got {split!r}")
     if not 0.0 <= float(test_fraction) < 1.0:
         raise ValueError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    test_files: set[int] = set()
+    if split == "file":
+        order = sorted(range(len(paths)), key=lambda i: str(paths[i]))
+        n_test = int(round(float(test_fraction) * len(paths)))
+        if float(test_fraction) > 0 and len(paths) > 1:
+            n_test = min(max(n_test, 1), len(paths) - 1)  # at least one test file, at least one train file
+        elif len(paths) == 1:
+            n_test = 0
+        test_files = set(order[len(order) - n_test:]) if n_test else set()
     if emotion is not None:
         emotion = EMOTIONS[EMOTIONS.index(emotion.lower())] if emotion.lower() in EMOTIONS else None
         if emotion is None:
@@ -77,11 +99,15 @@ def video_jobs(files, *, test_fraction=0.1, speaker=None, emotion=None, level=No
         speaker = parents.pop() if len(parents) == 1 else "speaker"
     stems = [_safe_id(p.stem) for p in paths]
     jobs = []
-    for p, stem in zip(paths, stems):
-        if stems.count(stem) > 1:  # same name in different folders
+    for i, (p, stem) in enumerate(zip(paths, stems)):
+        if stems.count(stem) > 1:  # same name in different folders (or the same stem, other extension)
             stem = f"{stem}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:6]}"
         f = float(test_fraction)
-        if f > 0:
+        if split == "file":
+            parts = [{"clip_id": stem, "split": "test" if i in test_files else "train", "begin": 0.0, "end": 1.0}]
+        elif split == "test":
+            parts = [{"clip_id": stem, "split": "test", "begin": 0.0, "end": 1.0}]
+        elif f > 0:
             parts = [
                 {"clip_id": f"{stem}-train", "split": "train", "begin": 0.0, "end": 1.0 - f},
                 {"clip_id": f"{stem}-test", "split": "test", "begin": 1.0 - f, "end": 1.0},

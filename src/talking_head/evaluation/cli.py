@@ -45,6 +45,10 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                    help="pipeline directory (save_pretrained / talking-head init); optional with --methods static")
     p.add_argument("--data", required=True, help="prepared dataset folder (talking-head prepare)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--protocol", choices=("photo", "dubbing"), default="photo",
+                   help="photo (default): each clip's first frame is the identity, held still, floor = that frame "
+                        "repeated; dubbing: the clip itself is the identity video, its lower face regenerated from "
+                        "its audio, floor = the reference's lower face pasted into every frame (DESIGN 7.5)")
     p.add_argument("--output", default="evaluation-report", help="report folder (default: ./evaluation-report)")
     p.add_argument("--methods", type=_str_list, default=("static", "pipeline", "gt_landmarks"),
                    help="comma-separated rows: static (floor), pipeline, gt_landmarks (ceiling); default all")
@@ -87,7 +91,7 @@ def cmd_evaluate(args) -> int:
     from talking_head.evaluation.runner import EvalConfig, evaluate
 
     config = EvalConfig(
-        data=args.data, pipeline=args.pipeline, output=args.output, split=args.split,
+        data=args.data, pipeline=args.pipeline, output=args.output, split=args.split, protocol=args.protocol,
         methods=tuple(args.methods), max_clips=args.max_clips, max_seconds=args.max_seconds,
         sampler=args.sampler, t_start=args.base_t_start, t_start_sweep=tuple(args.t_start),
         scheduler_sweep=tuple(args.scheduler), seed=args.seed, device=args.device, dtype=args.dtype,

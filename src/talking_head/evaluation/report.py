@@ -29,9 +29,10 @@ PAPER_TABLE2 = {
 
 DEFINITIONS = """\
 - **PSNR** (dB, higher is better): `skimage.metrics.peak_signal_noise_ratio(gt, gen, data_range=255)` per
-  frame on uint8 RGB frames at the generation resolution, averaged over all scored frames of all clips. The
-  ground-truth frames (256x256 face crops) are resized to that resolution with PIL's bilinear filter, the one
-  the training data loader uses. An identical frame (PSNR = +inf) counts as the PSNR of a one-step error in
+  frame on uint8 RGB frames of the face crop at the scoring resolution (the stored 256x256 crop unless
+  `--resolution` says otherwise), averaged over all scored frames of all clips. Frames of another size are
+  resized to it with PIL's bilinear filter. **box PSNR / SSIM**: the same inside the clip's mouth box only
+  (`talking_head.mouth_box.MouthBox` around the lower face of the reference and every ground-truth frame). An identical frame (PSNR = +inf) counts as the PSNR of a one-step error in
   one value (101.1 dB at 256x256); `psnr_identical_frames` says how many there were.
 - **SSIM** (higher is better): `skimage.metrics.structural_similarity(gt, gen, channel_axis=-1,
   data_range=255)` with scikit-image's defaults (7x7 uniform window, sample covariance), i.e. the mean SSIM
@@ -46,7 +47,8 @@ DEFINITIONS = """\
   dataset's landmarks (dlib on the source video, mapped into the crop), both in pixels of a 256x256 crop;
   no detection on generated frames is involved.
 - The **reference frame** is each clip's first frame with a face, as stored in the dataset (the face crop,
-  resized to the generation resolution); it is not scored. Every other frame of the clip (or of its first
+  at the scoring resolution); it is not scored (photo protocol, DESIGN 7.5: the identity is the test clip's
+  first frame and the head holds its pose). Every other frame of the clip (or of its first
   `--max-seconds`) is.
 - **s / generated s**: wall-clock seconds of the pipeline call (landmark model + renderer, scoring time
   excluded) per second of generated video, on the machine below.
@@ -113,8 +115,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _quality_cells(s: dict) -> list[str]:
-    return [_f(s.get("psnr")), _f(s.get("ssim"), 3), _f(s.get("m_ld")), _f(s.get("f_ld")),
-            _f(s.get("face_detection_rate"), pct=True)]
+    return [_f(s.get("psnr")), _f(s.get("ssim"), 3), _f(s.get("box_psnr")), _f(s.get("box_ssim"), 3),
+            _f(s.get("m_ld")), _f(s.get("f_ld")), _f(s.get("face_detection_rate"), pct=True)]
 
 
 # ---------------------------------------------------------------------- plots
@@ -227,6 +229,10 @@ def write_report(out: Path, m: dict) -> list[str]:
                      f"{pipe['unet_parameters'] / 1e6:.2f} M parameters)" if pipe else "none (static floor only)"],
         ["resolution", f"PSNR / SSIM at **{size}x{size}**; LD at {ld_size}x{ld_size}" if ld_size
          else f"PSNR / SSIM at **{size}x{size}**; LD not computed"],
+        ["protocol", {"dubbing": "**dubbing**: the test clip itself is the identity video, its lower face "
+                                 "regenerated from its own audio (DESIGN 7.5)"}.get(
+            cfg.get("protocol", "photo"), "**photo**: each clip's first frame is the identity, held still "
+                                          "(DESIGN 7.5)")],
         ["data", f"`{data['path']}` split `{data['split']}`: {len(data['clips'])} clips, {data['frames']} frames "
                  f"({sum(c['seconds'] for c in data['clips']):.1f} s), {data['scored_frames']} scored"],
         ["sampling", f"{cfg['sampler']} from t_start {cfg['t_start']}, seed {cfg['seed']}, "
@@ -250,23 +256,39 @@ def write_report(out: Path, m: dict) -> list[str]:
             s = res["summary"]
             rows.append([res["label"]] + _quality_cells(s) + [_f(s.get("seconds_per_generated_second"), 1)])
         for p in PAPER_TABLE1:
-            rows.append([f"*paper Table 1: {p['method']}*", _f(p["psnr"]), _f(p["ssim"], 2), _f(p["m_ld"]),
+            rows.append([f"*paper Table 1: {p['method']}*", _f(p["psnr"]), _f(p["ssim"], 2), "", "", _f(p["m_ld"]),
                          _f(p["f_ld"]), "", ""])
-        md += [_table(["method", "PSNR ↑", "SSIM ↑", "M-LD ↓", "F-LD ↓", "face found", "s / generated s"], rows), ""]
+        md += [_table(["method", "PSNR ↑", "SSIM ↑", "box PSNR ↑", "box SSIM ↑", "M-LD ↓", "F-LD ↓", "face found",
+                       "s / generated s"], rows), ""]
         md += [f"Our rows: this dataset and split at {size}x{size}. The paper's rows are MEAD M030 under its own "
                "protocol (resolution, crop, test clips), so they frame the scale; they are not the same "
-               "experiment. *face found*: share of scored generated frames on which dlib found a face "
-               "(LD uses only those).", ""]
+               "experiment. *box*: PSNR / SSIM inside the clip's mouth box only (the square the renderer "
+               "regenerates, around the lower face of the reference and ground-truth frames), the stricter row. "
+               "*face found*: share of scored generated frames on which dlib found a face (LD uses only those).", ""]
 
     lm = m.get("landmark_model")
     if lm:
+        def lm_row(label, r):
+            return [label, _f(r["m_ld"]), _f(r["f_ld"]), _f(r.get("mouth_opening_r"), 3),
+                    _f(r.get("silent_opening"), 4), _f(r.get("silent_opening_gt"), 4),
+                    _f(r.get("silent_opening_diff"), 4)]
+
+        model, floor = lm["model"], lm["identity_floor"]
         md += ["## Landmark model alone", "",
-               _table(["landmarks", "M-LD ↓", "F-LD ↓"], [
-                   ["landmark model (predicted from audio)", _f(lm["model"]["m_ld"]), _f(lm["model"]["f_ld"])],
-                   ["identity landmarks repeated (floor)", _f(lm["identity_floor"]["m_ld"]),
-                    _f(lm["identity_floor"]["f_ld"])],
+               _table(["landmarks", "M-LD ↓", "F-LD ↓", "mouth-opening r ↑", "silent opening",
+                       "GT silent opening", "silent diff (abs) ↓"], [
+                   lm_row("landmark model (predicted from audio)", model),
+                   lm_row("identity landmarks repeated (floor)", floor),
                ]), "",
-               f"Against the dataset's landmarks on {lm['frames']} scored frames, pixels of a 256x256 crop.", ""]
+               f"Against the dataset's landmarks on {lm['frames']} scored frames, pixels of a 256x256 crop "
+               f"(M-LD / F-LD). Mouth opening: inner-lip distance (points 62-66) over the face width "
+               f"(points 0-16). *mouth-opening r*: Pearson r of the predicted and ground-truth opening over "
+               f"time, per clip, averaged over {model.get('r_clips', 0)} clips (a constant prediction scores 0). "
+               f"*silent opening*: mean opening over the {model.get('silent_frames', 0)} silent frames (audio "
+               f"RMS of the frame and the 2 on each side > 25 dB below the clip's loudest frame, or < -60 dBFS), "
+               f"next to the ground truth's and their absolute difference (goal: <= 0.02).", ""]
+        if "m_ld" in model and model["m_ld"] is not None and floor.get("m_ld"):
+            md += [f"M-LD ratio model / floor: {model['m_ld'] / floor['m_ld']:.3f} (goal <= 0.75).", ""]
 
     emo = m.get("emotion_classifier")
     if emo:
@@ -301,7 +323,8 @@ def write_report(out: Path, m: dict) -> list[str]:
         md += ["## Ablation: SDEdit start t_start (paper Table 2 layout)", "",
                f"The `pipeline` method with sampler `{sw['sampler']}`{how}; a sampler with more steps than "
                "t_start runs one step per timestep.", "",
-               _table(["t_start", "PSNR ↑", "SSIM ↑", "M-LD ↓", "F-LD ↓", "face found", "paper PSNR",
+               _table(["t_start", "PSNR ↑", "SSIM ↑", "box PSNR ↑", "box SSIM ↑", "M-LD ↓", "F-LD ↓", "face found",
+                       "paper PSNR",
                        "paper SSIM"], rows), "", f"![t_start sweep]({png})", ""]
     if "scheduler" in sweeps:
         sw = sweeps["scheduler"]
@@ -315,8 +338,8 @@ def write_report(out: Path, m: dict) -> list[str]:
                "other load on the machine shows in it). DDIM takes no explicit timesteps: its schedule keeps "
                "the steps of a full-range schedule that fall below t_start, so its first step can be below "
                "t_start - 1 (talking_head.schedulers.scheduling_sdedit).", "",
-               _table(["sampler", "steps", "PSNR ↑", "SSIM ↑", "M-LD ↓", "F-LD ↓", "face found",
-                       "s / generated s"], rows), "", f"![sampler sweep]({png})", ""]
+               _table(["sampler", "steps", "PSNR ↑", "SSIM ↑", "box PSNR ↑", "box SSIM ↑", "M-LD ↓", "F-LD ↓",
+                       "face found", "s / generated s"], rows), "", f"![sampler sweep]({png})", ""]
 
     # per clip
     if m["methods"]:
@@ -325,8 +348,8 @@ def write_report(out: Path, m: dict) -> list[str]:
             rows = [[c["clip_id"], "—" if name == "static" else c["emotion"], c["frames"]] + _quality_cells(c)
                     + [_f(c.get("seconds_per_generated_second"), 1)] for c in res["clips"]]
             md += [f"**{res['label']}**", "",
-                   _table(["clip", "emotion", "frames", "PSNR", "SSIM", "M-LD", "F-LD", "face found",
-                           "s / generated s"], rows), ""]
+                   _table(["clip", "emotion", "frames", "PSNR", "SSIM", "box PSNR", "box SSIM", "M-LD", "F-LD",
+                           "face found", "s / generated s"], rows), ""]
 
     samples = [(name, c) for name, res in m["methods"].items() for c in res["clips"] if c.get("samples")]
     if samples:
@@ -341,12 +364,42 @@ def write_report(out: Path, m: dict) -> list[str]:
             md += [f"\n  ![{name} {c['clip_id']}]({i})" for i in imgs]
             files += c["samples"]
         md += [""]
+        sheet = write_contact_sheet(out, samples)
+        if sheet:
+            files.append(sheet)
+            md += ["**Contact sheet**: one row per sampled frame (3 per clip); columns: "
+                   + " | ".join(m["methods"][n]["label"] for n in dict.fromkeys(n for n, _ in samples))
+                   + " | ground truth.", "", f"![contact sheet]({sheet})", ""]
 
     if m.get("warnings"):
         md += ["## Warnings", ""] + [f"- {w}" for w in m["warnings"]] + [""]
     md += ["## Metric definitions", "", DEFINITIONS]
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     return files
+
+
+def write_contact_sheet(out: Path, samples: list) -> str | None:
+    """contact_sheet.jpg from the sample strips: per sampled frame, each method's generated frame side by side,
+    then the ground truth (the strips' first and second panels); None when there is nothing to show."""
+    import PIL.Image
+
+    by_clip: dict = {}
+    for name, c in samples:
+        imgs = [f for f in c["samples"] if f.endswith(".jpg")]
+        if imgs:
+            by_clip.setdefault(c["clip_id"], []).append(np.asarray(PIL.Image.open(out / imgs[0]).convert("RGB")))
+    rows = []
+    for strips in by_clip.values():
+        side = strips[0].shape[1] // 3  # each strip row: generated | ground truth | landmarks
+        if any(s.shape != strips[0].shape for s in strips):
+            continue
+        for top in range(0, strips[0].shape[0], side):
+            cells = [s[top: top + side, :side] for s in strips] + [strips[0][top: top + side, side: 2 * side]]
+            rows.append(np.concatenate(cells, axis=1))
+    if not rows:
+        return None
+    PIL.Image.fromarray(np.concatenate(rows, axis=0)).save(out / "contact_sheet.jpg", quality=90)
+    return "contact_sheet.jpg"
 
 
 def rewrite_report(out) -> list[str]:

@@ -43,6 +43,8 @@ METHOD_LABELS = {
     "pipeline": "pipeline (predicted landmarks)",
     "gt_landmarks": "ground-truth landmarks (ceiling of the landmark model)",
 }
+PROTOCOLS = ("photo", "dubbing")
+DUBBING_LABELS = {**METHOD_LABELS, "static": "frozen mouth: the reference's lower face pasted in (floor)"}
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm": 25}
 FORMAT = "talking-head-evaluation"
 VERSION = 1
@@ -54,6 +56,7 @@ class EvalConfig:
     pipeline: str | None = None
     output: str = "evaluation-report"
     split: str = "test"
+    protocol: str = "photo"  # photo: the first frame held still; dubbing: the clip itself is the identity video
     methods: tuple = METHODS
     max_clips: int | None = None
     max_seconds: float | None = None
@@ -101,7 +104,8 @@ def config_to_command(cfg: EvalConfig) -> str:
 
     default = EvalConfig(data=cfg.data)
     opts = [("--pipeline", cfg.pipeline, None), ("--data", cfg.data, ""), ("--split", cfg.split, default.split),
-            ("--output", cfg.output, None), ("--methods", ",".join(cfg.methods), ",".join(default.methods)),
+            ("--output", cfg.output, None), ("--protocol", cfg.protocol, default.protocol),
+            ("--methods", ",".join(cfg.methods), ",".join(default.methods)),
             ("--max-clips", cfg.max_clips, None), ("--max-seconds", cfg.max_seconds, None),
             ("--sampler", cfg.sampler, default.sampler), ("--base-t-start", cfg.t_start, default.t_start),
             ("--t-start", ",".join(map(str, cfg.t_start_sweep)), ""),
@@ -213,6 +217,8 @@ class Evaluation:
     # ------------------------------------------------------------------ setup
     def _check_config(self):
         cfg = self.cfg
+        if cfg.protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
         unknown = [m for m in cfg.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
@@ -278,12 +284,9 @@ class Evaluation:
                 "unet_parameters": int(sum(p.numel() for p in pipe.unet.parameters())),
                 "prediction_type": pipe.scheduler.config.get("prediction_type"),
             }
-            if cfg.resolution is not None and cfg.resolution != pipe.sample_size:
-                raise ValueError(f"--resolution {cfg.resolution} differs from the pipeline's {pipe.sample_size}: "
-                                 "frames are scored at the pipeline's resolution")
-            self.size = pipe.sample_size
-        else:
-            self.size = int(cfg.resolution or self.clips[0].size)
+        # The pipeline outputs the photo (here: the stored face crop) at its own resolution: every method is
+        # scored on the face crop at the stored size (256), or at --resolution.
+        self.size = int(cfg.resolution or self.clips[0].size)
         if self.size < 7:
             raise ValueError(f"resolution {self.size} is too small to score (SSIM needs 7x7)")
 
@@ -316,6 +319,10 @@ class Evaluation:
         return (pred * LD_SIZE).astype(np.float32)
 
     def _evaluate_landmark_model(self) -> dict:
+        """M-LD / F-LD, the mouth-opening correlation and the silent-frame opening
+        (talking_head.evaluation.lip_motion) of the landmark model and of the identity landmarks repeated."""
+        from talking_head.evaluation.lip_motion import clip_lip_motion, summarise_lip_motion
+
         rows, floor_rows = [], []
         for clip in self.clips:
             gt = clip.landmarks * (LD_SIZE / clip.size)
@@ -325,19 +332,37 @@ class Evaluation:
             for name, points, out in (("model", pred, rows), ("floor", ident, floor_rows)):
                 m = landmark_distance(points[keep], gt[keep], "mouth") if keep else np.zeros(0)
                 f = landmark_distance(points[keep], gt[keep], "face") if keep else np.zeros(0)
+                lip = clip_lip_motion(points, gt, clip.audio, SAMPLE_RATE, clip.fps, keep=np.asarray(keep, int))
                 out.append({"clip_id": clip.clip_id, "frames": len(keep),
                             "m_ld": float(np.mean(m)) if len(keep) else None,
-                            "f_ld": float(np.mean(f)) if len(keep) else None})
+                            "f_ld": float(np.mean(f)) if len(keep) else None,
+                            "mouth_opening_r": lip["r"], "silent_frames": lip["silent_frames"],
+                            "silent_opening": lip["silent_opening_pred"],
+                            "silent_opening_gt": lip["silent_opening_gt"],
+                            "_lip": lip})
 
         def mean(rs, key):
             v = [r[key] for r in rs if r[key] is not None]
             return float(np.mean(v)) if v else None
 
+        def summary(rs):
+            lip = summarise_lip_motion([r.pop("_lip") for r in rs])
+            return {"m_ld": mean(rs, "m_ld"), "f_ld": mean(rs, "f_ld"),
+                    "mouth_opening_r": lip["mouth_opening_r"], "r_clips": lip["r_clips"],
+                    "silent_opening": lip["silent_opening"], "silent_opening_gt": lip["silent_opening_gt"],
+                    "silent_opening_diff": lip["silent_opening_diff"], "silent_frames": lip["silent_frames"],
+                    "clips": rs}
+
         return {
-            "model": {"m_ld": mean(rows, "m_ld"), "f_ld": mean(rows, "f_ld"), "clips": rows},
-            "identity_floor": {"m_ld": mean(floor_rows, "m_ld"), "f_ld": mean(floor_rows, "f_ld"),
-                               "clips": floor_rows},
+            "model": summary(rows),
+            "identity_floor": summary(floor_rows),
             "frames": int(sum(r["frames"] for r in rows)),
+            "lip_motion_definition": (
+                "mouth opening = |p62 - p66| / |p0 - p16| (inner lips over face width); r = Pearson r of the "
+                "predicted vs ground-truth opening over a clip's scored frames, averaged over clips (a constant "
+                "prediction has r = 0); silent frames = frames whose audio RMS, and that of the 2 frames on each "
+                "side, is > 25 dB below the clip's loudest frame or < -60 dBFS; silent opening = mean opening "
+                "over all silent scored frames (talking_head.evaluation.lip_motion)"),
         }
 
     # ------------------------------------------------------------------ methods
@@ -404,7 +429,13 @@ class Evaluation:
             ok = False
             try:
                 started = time.perf_counter()
-                if method == "static":
+                if method == "static" and self.cfg.protocol == "dubbing":
+                    from talking_head.evaluation.dubbing import frozen_mouth_frames
+
+                    for frame in frozen_mouth_frames(clip, getattr(self.pipe, "mask_noise", None)):
+                        scorer.add(frame)
+                    gen_time = 0.0
+                elif method == "static":
                     frame = identity_crop(clip.reference, self.size)
                     pts = self.detector(frame) if self.detector is not None else None
                     for _ in range(clip.num_frames):
@@ -414,16 +445,23 @@ class Evaluation:
                     pipe = self.pipe
                     given = None
                     if method == "gt_landmarks":
-                        given = clip.filled_landmarks() * (self.size / clip.size)
+                        given = clip.filled_landmarks()  # pixels of the output: the stored crop is the photo
                     generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed + k)
                     kwargs = dict(sample_rate=SAMPLE_RATE, identity_landmarks=clip.reference_landmarks,
                                   emotion=self.emotions[clip.clip_id][0], t_start=t_start,
                                   num_inference_steps=steps, guidance_scale=self.cfg.guidance_scale,
                                   fps=clip.fps, generator=generator, output_type=None, frames_callback=scorer)
-                    out = pipe(clip.audio, clip.reference, landmarks=given, crop_face=False, **kwargs)
+                    if self.cfg.protocol == "dubbing":
+                        from talking_head.evaluation.dubbing import clip_video
+
+                        frames, lmk = clip_video(clip)
+                        kwargs.update(identity_landmarks=lmk, reference_frame=clip.reference_index)
+                        out = pipe(clip.audio, frames, landmarks=given, **kwargs)
+                    else:
+                        out = pipe(clip.audio, clip.reference, landmarks=given, crop_face=False, **kwargs)
                     gen_time = time.perf_counter() - started - scorer.busy
-                    if method == "pipeline" and driving is not None:
-                        diff = float(np.abs(out.landmarks[0] * (LD_SIZE / self.size) - driving).max())
+                    if method == "pipeline" and driving is not None and self.cfg.protocol == "photo":
+                        diff = float(np.abs(out.landmarks[0] * (LD_SIZE / clip.size) - driving).max())
                         if diff > 1e-2:
                             self.warnings.append(f"{clip.clip_id}: the pipeline's landmarks differ from the "
                                                  f"separately computed prediction by up to {diff:.3g} px")
@@ -554,7 +592,7 @@ class Evaluation:
         for method in cfg.methods:
             self.log(f"{method}: {len(self.clips)} clips ...")
             res = run_once(method, cfg.t_start, self.sampler, samples=cfg.samples)
-            res["label"] = METHOD_LABELS[method]
+            res["label"] = (DUBBING_LABELS if cfg.protocol == "dubbing" else METHOD_LABELS)[method]
             m["methods"][method] = res
             self.log(f"{method}: " + _summary_line(res["summary"]))
             save()

@@ -1,9 +1,9 @@
 """Scoring generated frames against a clip's ground truth as they stream out of the pipeline.
 
 `ClipScorer` is the `frames_callback`: each frame is scored the moment it
-arrives (PSNR and SSIM at the generation resolution, dlib landmarks at
-256x256 for LD) and only the per-frame numbers are kept, so memory stays
-bounded whatever the clip length. The ground truth's landmarks are detected
+arrives (PSNR and SSIM on the face crop at the scoring resolution and inside
+the clip's mouth box, dlib landmarks at 256x256 for LD) and only the
+per-frame numbers are kept, so memory stays bounded whatever the clip length. The ground truth's landmarks are detected
 once per frame and shared by every method and sweep (`GroundTruthLandmarks`).
 """
 
@@ -79,17 +79,28 @@ class GroundTruthLandmarks:
         return self._cache[key]
 
 
+def clip_mouth_box(clip: EvalClip, size: int):
+    """The mouth box of a clip (talking_head.mouth_box) in pixels of a `size` x `size` frame: the box around the
+    lower face of the reference frame and of every ground-truth frame, as the renderer's box for that clip."""
+    from talking_head.mouth_box import MouthBox
+
+    points = np.concatenate([clip.reference_landmarks[None], clip.landmarks[clip.landmark_valid]])
+    return MouthBox.from_landmarks(points * (size / clip.size))
+
+
 class ClipScorer:
     """frames_callback scoring one clip's generated frames in order (see the module docstring).
 
     driving: (F, 68, 2) landmarks in 256-px units that drove the rendering (drawn on the sample panel).
     panel_writer: an optional callable taking one uint8 panel (256, 768, 3) per frame.
+    Generated frames of another size than `size` are resized to it (bilinear), as the ground truth is.
     """
 
     def __init__(self, clip: EvalClip, size: int, gt_landmarks: GroundTruthLandmarks,
                  detector: LandmarkDetector | None, driving: np.ndarray | None = None, panel_writer=None):
         self.clip = clip
         self.size = int(size)
+        self.box = clip_mouth_box(clip, self.size)
         self.gt_landmarks = gt_landmarks
         self.detector = detector
         self.driving = driving
@@ -118,8 +129,9 @@ class ClipScorer:
             raise ValueError(f"got more frames than the {self.clip.num_frames} of clip {self.clip.clip_id}")
         self.next_index += 1
         gen = to_uint8(frame)
-        if gen.shape != (self.size, self.size, 3):
-            raise ValueError(f"generated frames must be ({self.size}, {self.size}, 3), got {gen.shape}")
+        if gen.ndim != 3 or gen.shape[2] != 3 or gen.shape[0] != gen.shape[1]:
+            raise ValueError(f"generated frames must be square (S, S, 3) face crops, got {gen.shape}")
+        gen = resize(gen, self.size)
         gt_full = None
         gen_pts = None
         if i in self.scored or self.panel_writer is not None:
@@ -127,6 +139,8 @@ class ClipScorer:
         if i in self.scored:
             gt = resize(gt_full, self.size)
             row = {"frame": i, "psnr": psnr(gt, gen), "ssim": ssim(gt, gen)}
+            gt_box, gen_box = self._in_box(gt), self._in_box(gen)
+            row["box_psnr"], row["box_ssim"] = psnr(gt_box, gen_box), ssim(gt_box, gen_box)
             if self.detector is not None:
                 gt_pts = self.gt_landmarks.get(self.clip, i)
                 gen_pts = self.detector(gen) if generated_landmarks is _UNSET else generated_landmarks
@@ -140,6 +154,10 @@ class ClipScorer:
             gen_pts = self.detector(gen) if generated_landmarks is _UNSET else generated_landmarks
         if self.panel_writer is not None:
             self.panel_writer(self._panel(i, gen, gt_full, gen_pts))
+
+    def _in_box(self, frame: np.ndarray) -> np.ndarray:
+        x0, y0, x1, y1 = self.box.inside(self.size, self.size)
+        return frame[y0:y1, x0:x1]
 
     # ---------------------------------------------------------------- summary
     def summary(self) -> dict:
@@ -177,6 +195,10 @@ def summarise(rows: list[dict], size: int, with_landmarks: bool) -> dict:
     out: dict = {"frames": len(rows)}
     out["psnr"], out["psnr_identical_frames"] = mean_psnr([r["psnr"] for r in rows], (size, size, 3))
     out["ssim"] = float(np.mean([r["ssim"] for r in rows])) if rows else None
+    boxed = [r for r in rows if "box_psnr" in r]
+    if boxed:
+        out["box_psnr"], _ = mean_psnr([r["box_psnr"] for r in boxed], (size, size, 3))
+        out["box_ssim"] = float(np.mean([r["box_ssim"] for r in boxed]))
     if with_landmarks:
         ld = [r for r in rows if "m_ld" in r]
         out["m_ld"] = float(np.mean([r["m_ld"] for r in ld])) if ld else None

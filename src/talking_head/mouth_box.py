@@ -1,0 +1,240 @@
+"""The mouth box: the one geometry the pipeline, the trainer and the evaluator share (DESIGN.md 7.2, 7.6).
+
+The renderer regenerates only the lower face. It works on a square box around it, cut from the image at the
+image's own resolution and resized to the UNet's `sample_size`; what it generates is blended back into the
+image with a feathered mask, and every pixel outside that mask is the image's own.
+
+    box = MouthBox.from_landmarks(points)            # points: (..., 68, 2) pixels of the image, any frames
+    crop = box.cut(images, 64)                       # (N, C, H, W) -> (N, C, 64, 64), edges replicated
+    local = box.normalise(points)                    # landmarks in [0, 1] of the box
+    out = box.paste(images, generated, feather(region))   # blended back, everything else untouched
+
+For a video (dubbing) the box follows the face: `BoxTrack` places one box, fixed relative to each frame's
+smoothed face crop, on every output frame, and cuts and pastes frame by frame.
+
+Coordinates are continuous pixels as in `talking_head.face` (pixel i covers [i, i + 1)). A box has integer
+corners, so cutting and pasting move whole pixels and the pasted area lines up exactly with the cut one.
+Everything here is a pure function of tensors; no model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from talking_head.models.mask_noise import LOWER_FACE_POINTS, gaussian_blur
+
+# Box side / the lower face's larger extent (jaw 2-14 across, nose base to chin down). The region grows about
+# 5 % of the side beyond the outermost landmark and the feather lies inside the region, so 1.4 leaves ~10 % of
+# the side of untouched pixels around the region on every side: the blend never reaches the box edge (a box
+# only 1.25 x the region showed an edge at the jaw, DESIGN 7.2 item 6).
+BOX_SCALE = 1.4
+# Smallest box accepted, in image pixels: below it there is no mouth left to draw.
+MIN_BOX_SIDE = 16
+# Std of the feather, as a fraction of the box side.
+FEATHER_SIGMA = 0.02
+
+
+@dataclass(frozen=True)
+class MouthBox:
+    """A square box of the image: top-left corner (x0, y0) and side, integer pixels."""
+
+    x0: int
+    y0: int
+    side: int
+
+    @classmethod
+    def from_landmarks(cls, points, scale: float = BOX_SCALE, indices=LOWER_FACE_POINTS) -> "MouthBox":
+        """The box around the lower-face landmarks of every frame in `points` (..., 68, 2) pixels.
+
+        Its centre is the centre of the points' bounding box, its side `scale` times the larger extent.
+        """
+        pts = points.detach().cpu().numpy() if torch.is_tensor(points) else np.asarray(points, dtype=np.float64)
+        if pts.ndim < 2 or pts.shape[-2:] != (68, 2):
+            raise ValueError(f"landmarks must be (..., 68, 2) pixel points, got shape {tuple(pts.shape)}")
+        sel = pts[..., list(indices), :].reshape(-1, 2)
+        sel = sel[np.isfinite(sel).all(axis=1)]
+        if len(sel) == 0:
+            raise ValueError("no finite lower-face landmarks to place the mouth box")
+        lo, hi = sel.min(axis=0), sel.max(axis=0)
+        extent = float(max(hi - lo))
+        side = int(round(scale * extent))
+        if side < MIN_BOX_SIDE:
+            raise ValueError(f"the face is too small: its lower face spans {extent:.1f} pixels, the mouth box "
+                             f"would be {side} px (at least {MIN_BOX_SIDE} needed); use a larger photo")
+        cx, cy = (lo + hi) / 2.0
+        return cls(int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side)
+
+    # ---------------------------------------------------------------- coordinates
+    def normalise(self, points):
+        """Pixel points of the image -> [0, 1] coordinates of the box (same type as given)."""
+        origin = (self.x0, self.y0)
+        if torch.is_tensor(points):
+            return (points - points.new_tensor(origin)) / self.side
+        return (np.asarray(points, dtype=np.float32) - np.asarray(origin, np.float32)) / self.side
+
+    def denormalise(self, points):
+        """[0, 1] coordinates of the box -> pixel points of the image."""
+        if torch.is_tensor(points):
+            return points * self.side + points.new_tensor((self.x0, self.y0))
+        return np.asarray(points, dtype=np.float32) * self.side + np.asarray((self.x0, self.y0), np.float32)
+
+    def scaled(self, factor: float) -> "MouthBox":
+        """The same box in an image resized by `factor`."""
+        side = max(1, int(round(self.side * factor)))
+        return MouthBox(int(round(self.x0 * factor)), int(round(self.y0 * factor)), side)
+
+    def inside(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the part of the box inside a height x width image (may be empty)."""
+        return (max(0, self.x0), max(0, self.y0), min(width, self.x0 + self.side), min(height, self.y0 + self.side))
+
+    # ---------------------------------------------------------------- cut and paste
+    def cut(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        """(N, C, H, W) float images -> (N, C, size, size): the box, resized (antialiased bilinear).
+
+        The parts of the box outside the image repeat its edge pixels (as `talking_head.face.crop_face`).
+        """
+        _check_images(images)
+        height, width = images.shape[-2:]
+        x1, y1 = self.x0 + self.side, self.y0 + self.side
+        if x1 <= 0 or y1 <= 0 or self.x0 >= width or self.y0 >= height:
+            raise ValueError(f"the mouth box {self} lies outside the {width}x{height} image")
+        if self.x0 >= 0 and self.y0 >= 0 and x1 <= width and y1 <= height:
+            region = images[..., self.y0:y1, self.x0:x1]
+        else:
+            rows = torch.arange(self.y0, y1, device=images.device).clamp(0, height - 1)
+            cols = torch.arange(self.x0, x1, device=images.device).clamp(0, width - 1)
+            region = images.index_select(-2, rows).index_select(-1, cols)
+        return resize(region, size)
+
+    def paste(self, images: torch.Tensor, patch: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Blend `patch` (N, C, s, s) into the box of `images` (N, C, H, W) with `weight` (N or 1, 1, s, s).
+
+        Both are resized to the box side; only the box's pixels inside the image change (a new tensor).
+        """
+        _check_images(images)
+        height, width = images.shape[-2:]
+        x0, y0, x1, y1 = self.inside(height, width)
+        out = images.clone()
+        if x1 <= x0 or y1 <= y0:
+            return out
+        patch = resize(patch.to(images.dtype), self.side)
+        weight = resize(weight.to(images.dtype), self.side)
+        sx, sy = x0 - self.x0, y0 - self.y0
+        p = patch[..., sy:sy + (y1 - y0), sx:sx + (x1 - x0)]
+        w = weight[..., sy:sy + (y1 - y0), sx:sx + (x1 - x0)]
+        out[..., y0:y1, x0:x1] = w * p + (1 - w) * images[..., y0:y1, x0:x1]
+        return out
+
+
+def _check_images(images) -> None:
+    if not torch.is_tensor(images) or images.ndim != 4 or not images.is_floating_point():
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise ValueError(f"images must be a float (N, C, H, W) tensor, got {shape}")
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, h, w) -> (N, C, size, size), bilinear; antialiased when shrinking (like PIL's)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    shrink = images.shape[-1] > size or images.shape[-2] > size
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def feather(region: torch.Tensor, sigma: float = FEATHER_SIGMA) -> torch.Tensor:
+    """The blend weight of a binary region (N, 1, s, s): 1 inside, a smooth ramp to 0 AT the region's edge.
+
+    The ramp lies inside the region (2 * blur - 1, clipped), so every pixel outside the region keeps the
+    image's own value exactly, and the pixels generated inside it fade into the image over ~2 sigma.
+    """
+    if region.ndim != 4:
+        raise ValueError(f"region must be (N, 1, H, W), got shape {tuple(region.shape)}")
+    soft = gaussian_blur(region.float(), sigma * region.shape[-1])
+    return (2.0 * soft - 1.0).clamp(0.0, 1.0) * region.float()
+
+
+# --------------------------------------------------------------------------------- a box per output frame
+# Resolution of the face-crop-relative coordinates a BoxTrack places its box in (boxes are integer pixels).
+_VIRTUAL_SIDE = 1024
+
+
+def follow_face(source, moves: torch.Tensor) -> torch.Tensor:
+    """Landmark displacements (F, 68, 2), normalised to the face crop, applied to each output frame's own face.
+
+    Output frame i shows frame `source.index(i)` of the identity (talking_head.identity): its landmarks plus
+    the displacement scaled by its face crop's side, in pixels of that frame.
+    """
+    out = []
+    for i, move in enumerate(moves):
+        j = source.index(i)
+        out.append(torch.from_numpy(source.landmarks_at(j)) + move * source.face_box(j)[2])
+    return torch.stack(out).float()
+
+
+class BoxTrack:
+    """The mouth boxes of one video (a photo is a video of one still frame), and their cut and paste.
+
+    points: (F, 68, 2) target landmarks of every output frame in pixels of the identity frame it is drawn on.
+    One box, fixed relative to the face crop, covers every frame's lower face and the reference frame's; on
+    each output frame it lands on that frame's (smoothed) face crop. `local`: the targets in [0, 1] of the
+    box; `ref_local`: the reference frame's landmarks the same way.
+    """
+
+    def __init__(self, source, points: torch.Tensor, indices=LOWER_FACE_POINTS, scale: float = BOX_SCALE):
+        self.source = source
+        self.frames = [source.index(i) for i in range(points.shape[0])]
+        crops = np.array([source.face_box(j) for j in self.frames])  # (F, 3): cx, cy, side
+        origin = crops[:, :2] - crops[:, 2:] / 2
+        norm = (points.numpy() - origin[:, None]) / crops[:, 2, None, None]
+        ref_crop = np.array(source.face_box(source.reference))
+        ref_norm = (source.landmarks_at(source.reference) - (ref_crop[:2] - ref_crop[2] / 2)) / ref_crop[2]
+        box = MouthBox.from_landmarks(np.concatenate([ref_norm[None], norm]) * _VIRTUAL_SIDE, scale, indices)
+        self._unit = box  # in face-crop units of _VIRTUAL_SIDE
+        self.boxes = [self._place(c) for c in crops]
+        self.reference_place = self._place(ref_crop)
+        if min(b.side for b in self.boxes + [self.reference_place]) < MIN_BOX_SIDE:
+            side = min(b.side for b in self.boxes)
+            raise ValueError(f"the face is too small: the mouth box would be {side} px (at least {MIN_BOX_SIDE} "
+                             "needed); use a larger photo or video")
+        origin_v = np.array([box.x0, box.y0], np.float64)
+        self.local = torch.from_numpy((norm * _VIRTUAL_SIDE - origin_v) / box.side).float()
+        self.ref_local = torch.from_numpy((ref_norm * _VIRTUAL_SIDE - origin_v) / box.side).float()
+        self._images: dict[int, torch.Tensor] = {}
+
+    def _place(self, crop) -> MouthBox:
+        cx, cy, side = (float(v) for v in crop)
+        f = side / _VIRTUAL_SIDE
+        return MouthBox(int(round(cx - side / 2 + self._unit.x0 * f)), int(round(cy - side / 2 + self._unit.y0 * f)),
+                        max(1, int(round(self._unit.side * f))))
+
+    def image(self, j: int) -> torch.Tensor:
+        """Identity frame j as (1, 3, H, W) float in [-1, 1] (the last few are kept)."""
+        if j not in self._images:
+            if len(self._images) >= 64:
+                self._images.pop(next(iter(self._images)))
+            arr = np.array(self.source.image(j))
+            self._images[j] = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
+        return self._images[j]
+
+    def reference_box(self, size: int) -> torch.Tensor:
+        """(1, 3, size, size): the reference frame's box, the mouth texture."""
+        return self.reference_place.cut(self.image(self.source.reference), size)
+
+    def cut(self, frames: range, size: int) -> torch.Tensor:
+        """(3, L, size, size): the boxes of output frames `frames`, cut from their identity frames."""
+        return torch.cat([self.boxes[i].cut(self.image(self.frames[i]), size) for i in frames]).transpose(0, 1)
+
+    def composite(self, frames: range, run: torch.Tensor) -> np.ndarray:
+        """(n, H, W, 3) uint8: boxes + weights `run` (n, 4, S, S) pasted into their frames; frames of the identity
+        without a face are passed through unchanged."""
+        out = []
+        for i, item in zip(frames, run):
+            j = self.frames[i]
+            image = self.image(j)
+            if self.source.has_face[j]:
+                image = self.boxes[i].paste(image, item[None, :3], item[None, 3:])
+            out.append(((image[0] + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0))
+        return torch.stack(out).numpy()
