@@ -253,8 +253,11 @@ class GaussianMaskNoise(ModelMixin, ConfigMixin):
         points = points[:, :, list(self.config.region_points)].detach().float()
         side = float(min(height, width))
         scale = torch.tensor([width, height], dtype=torch.float32, device=points.device)
-        blobs = self._landmark_map(points, height, width, gaussian_kernel_1d(self.config.region_sigma * side))
-        blobs = blobs.amax(dim=2)[:, 0]  # (B, H, W): every frame's Gaussians (eq. 1)
+        kernel = gaussian_kernel_1d(self.config.region_sigma * side)
+        blobs = torch.zeros(points.shape[0], height, width, device=points.device)
+        for start in range(0, points.shape[1], 256):  # in chunks of frames: memory flat in the video's length
+            chunk = self._landmark_map(points[:, start: start + 256], height, width, kernel)
+            blobs = torch.maximum(blobs, chunk.amax(dim=2)[:, 0])  # (B, H, W): every frame's Gaussians (eq. 1)
         hulls = torch.stack([_fill_polygon(_convex_hull((clip * scale).reshape(-1, 2).cpu().numpy()),
                                            height, width, points.device) for clip in points])
         filled = torch.maximum(blobs, hulls)[:, None]  # (B, 1, H, W): the points and everything between them

@@ -131,3 +131,20 @@ def test_old_whole_face_pipeline_fails_with_a_clear_error(pipe, tmp_path):
     ClassConditionedUNet3DModel(**{**dict(old.config), "in_channels": 7}).save_pretrained(path / "unet")
     with pytest.raises(ValueError, match="whole-face renderer .* replaced"):
         TalkingHeadPipeline.from_pretrained(path)
+
+
+@pytest.mark.skipif(not dlib_available(), reason="the CLI finds the face with dlib")
+def test_generate_stream_prints_the_live_real_time_factor(pipe, tmp_path, capsys):
+    import soundfile as sf
+
+    from talking_head.cli import main as cli
+
+    sf.write(tmp_path / "speech.wav", voice_like(0.6), SR)
+    pipe_dir = save_pipeline_atomic(pipe, tmp_path / "p")
+    out = tmp_path / "out.mp4"
+    assert cli(["generate", "--pipeline", str(pipe_dir), "--audio", str(tmp_path / "speech.wav"), "--identity",
+                str(DEMO_PHOTO), "--output", str(out), "--scheduler", "dpm", "--steps", "1", "--stream",
+                "--max-size", "320"]) == 0
+    captured = capsys.readouterr()
+    assert "streaming: 15 frames" in captured.err and "real-time factor" in captured.err
+    assert "15 frames of 320x180" in captured.out and out.is_file()

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="longest side of the output video in pixels; larger photos are scaled down (default 1024)")
         p.add_argument("--crop", action="store_true",
                        help="write the square face crop instead of the whole photo")
+        p.add_argument("--stream", action="store_true",
+                       help="print the live real-time factor (seconds of video made per second) as frames are "
+                            "written; frames always go to the MP4 as they are made")
         p.add_argument("--min-size", type=positive_int, default=256,
                        help="scale smaller frames up to this side in the MP4, for viewing (default 256; 1 = off)")
         p.add_argument("--seed", type=int, default=0)
@@ -151,12 +154,21 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
 
     started = time.perf_counter()
     min_size = args.min_size if args.min_size > 1 else None
+    live = _LiveRate(args.fps, started) if getattr(args, "stream", False) else None
+
+    def write(frames):
+        writer.write(frames[0])
+        if live is not None:
+            live(frames.shape[1])
+
     with VideoWriter(out_path, fps=args.fps, audio=waveform, min_size=min_size) as writer:
         result = pipe(waveform, identity, sample_rate=16000, emotion=args.emotion, t_start=args.t_start,
                       num_inference_steps=steps, guidance_scale=args.guidance_scale, fps=args.fps,
                       max_size=args.max_size, output_crop=args.crop, generator=generator, output_type=None,
                       reference_frame=getattr(args, "reference_frame", None),
-                      frames_callback=lambda frames: writer.write(frames[0]))
+                      frames_callback=write)
+    if live is not None:
+        live.done()
     seconds = time.perf_counter() - started
     frames = result.landmarks.shape[1]
     if args.emotion:
@@ -171,6 +183,24 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
           + (f"; {result.frames_without_face[0]} frames without a face passed through unchanged"
              if result.frames_without_face and result.frames_without_face[0] else ""))
     return 0
+
+
+class _LiveRate:
+    """--stream: one status line on stderr, rewritten as frames arrive: frames written, real-time factor."""
+
+    def __init__(self, fps: float, started: float):
+        self.fps, self.started, self.frames, self.first = fps, started, 0, None
+
+    def __call__(self, n: int) -> None:
+        now = time.perf_counter()
+        self.first = self.first if self.first is not None else now - self.started
+        self.frames += n
+        rate = self.frames / self.fps / max(now - self.started, 1e-9)
+        print(f"\rstreaming: {self.frames} frames ({self.frames / self.fps:.1f} s of video), real-time factor "
+              f"{rate:.2f}, first frame after {self.first:.2f} s", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        print(file=sys.stderr, flush=True)
 
 
 def _bundled_pipeline() -> Path | None:
