@@ -134,3 +134,28 @@ def test_bad_video_files_fail_clearly_and_leave_no_mp4(pipe, tmp_path, capsys):
                 "--output", str(out), "--scheduler", "dpm", "--steps", "1", "--min-size", "1",
                 "--reference-frame", "2"]) == 0
     assert out.is_file() and "10 frames of 160x160" in capsys.readouterr().out
+
+
+def test_a_rotated_phone_video_is_dubbed_upright(pipe, tmp_path):
+    """A phone video stored sideways with a display rotation: decoded upright, tracked, dubbed at that size."""
+    upright = moving_face(10, size=160)[:, :, 20:140]  # 160 high x 120 wide
+    stored = tmp_path / "stored.mp4"
+    write_video(stored, np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2))), fps=25)  # sideways 120x160
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-display_rotation", "90", "-i", str(stored), "-c", "copy",
+                    str(rotated)], check=True)
+    out = dub(pipe, str(rotated))
+    assert out.frames.shape[2:4] == (160, 120) and out.frames_without_face == [0]
+
+
+def test_a_variable_frame_rate_video_is_resampled_to_the_output_rate(pipe, tmp_path):
+    good = tmp_path / "good.mp4"
+    write_video(good, moving_face(10), fps=25)
+    vfr = tmp_path / "vfr.mp4"  # frames 5-9 shown 0.2 s late: a gap in the middle, as phones write them
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(good), "-vf",
+                    "setpts=N/(25*TB)+gte(N\\,5)*0.2/TB", "-fps_mode", "vfr", "-c:v", "libx264",
+                    "-pix_fmt", "yuv420p", str(vfr)], check=True)
+    source = VideoIdentity(str(vfr), fps=25)
+    assert source.num_frames == 15 and source.has_face.all()  # 0.6 s at 25 fps: the gap is held, not dropped
+    source.close()
+    assert dub(pipe, str(vfr), seconds=0.6).frames.shape[1] == 15
