@@ -237,7 +237,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
             raise ValueError(f"clip_frames must be an integer >= 1, got {cfg.clip_frames!r}")
         if not (isinstance(cfg.clip_overlap, int) and 0 <= cfg.clip_overlap < cfg.clip_frames):
             raise ValueError(f"clip_overlap must be an integer in [0, clip_frames), got {cfg.clip_overlap!r}")
-        keep = cfg.get("keep_threshold", 0.1)
+        keep = cfg.keep_threshold
         if not (_is_number(keep) and math.isfinite(keep) and 0 <= keep <= 2):
             raise ValueError(f"keep_threshold must be a number in [0, 2], got {keep!r}")
         if not (isinstance(cfg.landmark_chunk_frames, int) and cfg.landmark_chunk_frames >= 1):
@@ -253,7 +253,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
                 "context, region mask, landmark heatmaps, reference box). Retrain the UNet with "
                 "train/train_diffusion.py, or use the bundled default pipeline"
             )
-        if unet.config.get("residual_channel") not in (None, REFERENCE_CHANNEL):
+        if unet.config.residual_channel not in (None, REFERENCE_CHANNEL):
             raise ValueError(f"unet.residual_channel must be {REFERENCE_CHANNEL} (the reference box) or null, got "
                              f"{unet.config.residual_channel!r}")
         if unet.config.condition_skip:
@@ -594,6 +594,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
         if len(set(counts)) != 1:
             raise ValueError(f"batched audio items must give the same number of frames, got {counts}; "
                              "generate them one at a time")
+        if len(waves) == 1:  # one item: a view, not a second copy of a long recording
+            return waves, torch.from_numpy(waves[0])[None], counts[0]
         wave_batch = torch.zeros(len(waves), max(len(w) for w in waves))
         for i, w in enumerate(waves):
             wave_batch[i, : len(w)] = torch.from_numpy(w)
@@ -685,7 +687,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
         """(B, L, 1, S, S) blend weights: the feathered region, times where the box changed (keep_threshold)."""
         batch, length, _, size, _ = generated.shape
         weight = feather(mask.reshape(-1, 1, size, size))
-        threshold = float(self.config.get("keep_threshold", 0.1))
+        threshold = float(self.config.keep_threshold)
         if threshold > 0:
             change = (generated - own).abs().mean(dim=2, keepdim=True).reshape(-1, 1, size, size)
             change = gaussian_blur(change, 0.02 * size)

@@ -51,8 +51,7 @@ from talking_head.training import (
     JsonlLog, PREDICTION_TYPES, STRUCTURE_LOSSES, TIMESTEP_SAMPLING, UpdateLoop, add_common_args, batch_log,
     build_mask_noise, build_unet, check_common_args, finish, held_out, init_trackers, log_scalars, log_video,
     make_accelerator, make_dataloader, make_diffusion_pair, make_ema, make_lr_scheduler, metrics_log,
-    mouth_boxes, predicted_sample, psnr, region_loss, resolve_data_dir, sample_timesteps, start_or_resume,
-    to_uint8_video,
+    predicted_sample, psnr, region_loss, resolve_data_dir, sample_timesteps, start_or_resume, to_uint8_video,
     upscale_frames, weights_checksum, write_validation_mp4,
 )
 from talking_head.utils import save_pipeline_atomic
@@ -263,16 +262,13 @@ class Validator:
                 batch = {key: (v.to(device) if torch.is_tensor(v) else v) for key, v in batch.items()}
                 t = torch.zeros(1, dtype=torch.long, device=device)
                 pair = make_diffusion_pair(batch, mask_noise, self.loss_scheduler, size, args.prediction_type, t)
-                boxes_lm = mouth_boxes(batch, size, indices=mask_noise.config.region_points)["landmarks"]
-                heatmaps = mask_noise.heatmaps(boxes_lm, size, size)
                 generator = torch.Generator(device=device).manual_seed(args.seed + k)
-                init = pair.reference[:, :, None].expand_as(pair.sample)
+                # As the pipeline starts: the clip's own pixels, the reference's mouth in the region (the floor).
+                floor = pair.sample * (1 - pair.mask) + pair.reference[:, :, None] * pair.mask
                 label = torch.tensor([int(item["emotion"])], device=device)
                 with accelerator.autocast():
-                    clip = self.pipe.denoise_box(pair.cond, pair.mask, heatmaps, pair.reference,
-                                                 pair.sample * (1 - pair.mask) + init * pair.mask, label,
+                    clip = self.pipe.denoise_box(pair.cond, pair.mask, pair.heatmaps, pair.reference, floor, label,
                                                  args.t_start, args.validation_inference_steps, 1.0, generator)
-                floor = pair.sample * (1 - pair.mask) + init * pair.mask  # the reference's mouth pasted in
                 psnrs.append(psnr(clip, pair.sample))
                 floor_psnrs.append(psnr(floor, pair.sample))
                 if k == 0:

@@ -93,11 +93,14 @@ class MouthBox:
 
     # ---------------------------------------------------------------- cut and paste
     def cut(self, images: torch.Tensor, size: int) -> torch.Tensor:
-        """(N, C, H, W) float images -> (N, C, size, size): the box, resized (antialiased bilinear).
+        """(N, C, H, W) images -> (N, C, size, size) float: the box, resized (antialiased bilinear).
 
         The parts of the box outside the image repeat its edge pixels (as `talking_head.face.crop_face`).
+        Integer (uint8) images are cut first and converted after, so only the box's pixels become float.
         """
-        _check_images(images)
+        if not torch.is_tensor(images) or images.ndim != 4:
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"images must be an (N, C, H, W) tensor, got {shape}")
         height, width = images.shape[-2:]
         x1, y1 = self.x0 + self.side, self.y0 + self.side
         if x1 <= 0 or y1 <= 0 or self.x0 >= width or self.y0 >= height:
@@ -108,7 +111,7 @@ class MouthBox:
             rows = torch.arange(self.y0, y1, device=images.device).clamp(0, height - 1)
             cols = torch.arange(self.x0, x1, device=images.device).clamp(0, width - 1)
             region = images.index_select(-2, rows).index_select(-1, cols)
-        return resize(region, size)
+        return resize(region.float() if not region.is_floating_point() else region, size)
 
     def paste(self, images: torch.Tensor, patch: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Blend `patch` (N, C, s, s) into the box of `images` (N, C, H, W) with `weight` (N or 1, 1, s, s).
@@ -210,31 +213,39 @@ class BoxTrack:
         return MouthBox(int(round(cx - side / 2 + self._unit.x0 * f)), int(round(cy - side / 2 + self._unit.y0 * f)),
                         max(1, int(round(self._unit.side * f))))
 
-    def image(self, j: int) -> torch.Tensor:
-        """Identity frame j as (1, 3, H, W) float in [-1, 1] (the last few are kept)."""
+    def image(self, j: int) -> np.ndarray:
+        """Identity frame j, (H, W, 3) uint8 (the last few are kept: a clip and its overlap)."""
         if j not in self._images:
-            if len(self._images) >= 64:
+            if len(self._images) >= 32:
                 self._images.pop(next(iter(self._images)))
-            arr = np.array(self.source.image(j))
-            self._images[j] = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1
+            self._images[j] = np.ascontiguousarray(self.source.image(j))
         return self._images[j]
+
+    def _cut(self, box: MouthBox, j: int, size: int) -> torch.Tensor:
+        """(1, 3, size, size) in [-1, 1]: `box` of identity frame j (only its pixels are converted)."""
+        return box.cut(torch.from_numpy(self.image(j)).permute(2, 0, 1)[None], size) / 127.5 - 1
 
     def reference_box(self, size: int) -> torch.Tensor:
         """(1, 3, size, size): the reference frame's box, the mouth texture."""
-        return self.reference_place.cut(self.image(self.source.reference), size)
+        return self._cut(self.reference_place, self.source.reference, size)
 
     def cut(self, frames: range, size: int) -> torch.Tensor:
         """(3, L, size, size): the boxes of output frames `frames`, cut from their identity frames."""
-        return torch.cat([self.boxes[i].cut(self.image(self.frames[i]), size) for i in frames]).transpose(0, 1)
+        return torch.cat([self._cut(self.boxes[i], self.frames[i], size) for i in frames]).transpose(0, 1)
 
     def composite(self, frames: range, run: torch.Tensor) -> np.ndarray:
-        """(n, H, W, 3) uint8: boxes + weights `run` (n, 4, S, S) pasted into their frames; frames of the identity
-        without a face are passed through unchanged."""
+        """(n, H, W, 3) uint8: boxes + weights `run` (n, 4, S, S) blended into copies of their frames, only
+        inside the box; frames of the identity without a face are passed through unchanged."""
         out = []
         for i, item in zip(frames, run):
             j = self.frames[i]
-            image = self.image(j)
-            if self.source.has_face[j]:
-                image = self.boxes[i].paste(image, item[None, :3], item[None, 3:])
-            out.append(((image[0] + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0))
-        return torch.stack(out).numpy()
+            frame = self.image(j).copy()
+            box = self.boxes[i]
+            x0, y0, x1, y1 = box.inside(*frame.shape[:2])
+            if self.source.has_face[j] and x1 > x0 and y1 > y0:
+                region = torch.from_numpy(frame[y0:y1, x0:x1]).permute(2, 0, 1)[None].float() / 127.5 - 1
+                local = MouthBox(box.x0 - x0, box.y0 - y0, box.side)  # the same box, in the region's pixels
+                blended = local.paste(region, item[None, :3], item[None, 3:])[0]
+                frame[y0:y1, x0:x1] = ((blended + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0)
+            out.append(frame)
+        return np.stack(out)

@@ -805,6 +805,7 @@ class DiffusionPair:
     sample: torch.Tensor  # x0, the target mouth boxes
     cond: torch.Tensor  # the context: the target boxes with the region replaced by mask noise
     mask: torch.Tensor  # (B, 1, F, S, S): the region
+    heatmaps: torch.Tensor  # (B, 3, F, S, S): the target landmarks
     reference: torch.Tensor  # (B, 3, S, S): the reference frame's box
 
 
@@ -890,7 +891,8 @@ def make_diffusion_pair(batch: dict, mask_noise, scheduler, sample_size: int, pr
     else:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
     return DiffusionPair(model_input=model_input, timesteps=timesteps, class_labels=labels, target=target,
-                         noisy=noisy, sample=x0, cond=context, mask=mask, reference=boxes["reference"])
+                         noisy=noisy, sample=x0, cond=context, mask=mask, heatmaps=heatmaps,
+                         reference=boxes["reference"])
 
 
 STRUCTURE_LOSSES = ("none", "ssim", "edge")
