@@ -253,6 +253,17 @@ def smooth_boxes(boxes: np.ndarray, window: int = 9) -> np.ndarray:
     return uniform_filter1d(b, size=int(window), axis=0, mode="nearest")
 
 
+def fill_missing_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """(T, 68, 2) landmarks with every frame without a face (NaN) replaced by the nearest frame with one."""
+    lm = np.array(landmarks, copy=True)
+    valid = np.isfinite(lm).all(axis=(1, 2))
+    good = np.flatnonzero(valid)
+    if len(good):
+        for j in np.flatnonzero(~valid):
+            lm[j] = lm[good[np.argmin(np.abs(good - j))]]
+    return lm
+
+
 def crop_face(image, box, size: int = 256) -> np.ndarray:
     """Cut the square `box` = (cx, cy, side) out of `image` and resize it to (size, size, 3) uint8.
 

@@ -164,6 +164,19 @@ class VideoIdentity:
         self._dir = tempfile.TemporaryDirectory(prefix="talking_head_video_")
         self.fps = float(fps)
         self.name = name
+        try:
+            self._read(video, max_size, landmarks, max_frames)
+        except BaseException:  # a refused video leaves no frames on disk
+            self._dir.cleanup()
+            raise
+        self.reference = self._choose_reference(reference)
+
+    def _read(self, video, max_size, landmarks, max_frames) -> None:
+        """Decode, store and track every frame; smooth the face boxes."""
+        from talking_head.data.process import FaceTracker, smoothing_window
+        from talking_head.face import fill_missing_landmarks, smooth_boxes
+
+        name = self.name
         points, count, size = [], 0, None
         tracker = None
         for i, frame in enumerate(self._frames(video, name, self.fps, max_frames)):
@@ -177,10 +190,7 @@ class VideoIdentity:
             if landmarks is not None:
                 pts = np.asarray(landmarks[i], np.float32) * factor if i < len(landmarks) else None
             else:
-                if tracker is None:
-                    from talking_head.data.process import _Tracker
-
-                    tracker = _Tracker()
+                tracker = tracker or FaceTracker()
                 pts = tracker(image)
             points.append(np.full((NUM_LANDMARKS, 2), np.nan, np.float32) if pts is None else pts)
             count += 1
@@ -191,19 +201,12 @@ class VideoIdentity:
         self.has_face = np.isfinite(self.landmarks).all(axis=(1, 2))
         if not self.has_face.any():
             raise ValueError(f"no face found in any frame of {name}")
-        from talking_head.face import smooth_boxes
-
         boxes = np.full((count, 3), np.nan)
         for i in np.flatnonzero(self.has_face):
             boxes[i] = face_crop_box(self.landmarks[i])
-        window = max(1, int(round(9 * self.fps / 25.0))) | 1
-        self.face_boxes = smooth_boxes(boxes, window)  # frames without a face: interpolated
-        filled = self.landmarks.copy()
-        good = np.flatnonzero(self.has_face)
-        for j in np.flatnonzero(~self.has_face):
-            filled[j] = self.landmarks[good[np.argmin(np.abs(good - j))]]
-        self.filled_landmarks = filled
-        self.reference = self._choose_reference(reference)
+        # The same smoothing as `talking-head prepare`; frames without a face get interpolated boxes.
+        self.face_boxes = smooth_boxes(boxes, smoothing_window(self.fps))
+        self.filled_landmarks = fill_missing_landmarks(self.landmarks)
 
     @staticmethod
     def _frames(video, name, fps, max_frames):

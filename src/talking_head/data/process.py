@@ -182,7 +182,7 @@ def probe_video(job: dict) -> dict:
 # ---------------------------------------------------------------- stage 2: detect
 
 
-class _Tracker:
+class FaceTracker:
     """Per-frame 68-point detection with a search region that follows the face."""
 
     def __init__(self):
@@ -221,7 +221,7 @@ class _Tracker:
 def detect_chunk(job: dict, fps: float, start: int, stop: int | None) -> dict:
     """Landmarks (n, 68, 2) float32 in source pixels (NaN: no face) of frames [start, stop)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    tracker = _Tracker()
+    tracker = FaceTracker()
     out, size = [], None
     t0 = time.perf_counter()
     try:
@@ -244,7 +244,7 @@ def detect_chunk(job: dict, fps: float, start: int, stop: int | None) -> dict:
 # ---------------------------------------------------------------- stage 3: finalize
 
 
-def _smoothing_window(fps: float) -> int:
+def smoothing_window(fps: float) -> int:
     """face.smooth_boxes' 9 frames at 25 fps (0.36 s), the same duration at other rates, odd."""
     n = max(1, int(round(9 * fps / 25.0)))
     return n if n % 2 else n + 1
@@ -313,7 +313,7 @@ def finalize_video(job: dict, probe: dict, landmarks: np.ndarray, out_root: str)
     boxes = np.full((n, 3), np.nan)
     for i in np.flatnonzero(valid):
         boxes[i] = face_crop_box(landmarks[i])
-    boxes = smooth_boxes(boxes, window=_smoothing_window(fps))
+    boxes = smooth_boxes(boxes, window=smoothing_window(fps))
 
     ranges = split_ranges(n, job["parts"])
     if any(b - a < 1 for a, b in ranges):

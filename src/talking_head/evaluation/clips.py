@@ -70,12 +70,9 @@ class EvalClip:
 
     def filled_landmarks(self) -> np.ndarray:
         """Landmarks with every frame without a face replaced by the nearest frame with one."""
-        lm = self.landmarks.copy()
-        valid = self.landmark_valid
-        good = np.flatnonzero(valid)
-        for j in np.flatnonzero(~valid):
-            lm[j] = self.landmarks[good[np.argmin(np.abs(good - j))]]
-        return lm
+        from talking_head.face import fill_missing_landmarks
+
+        return fill_missing_landmarks(self.landmarks)
 
 
 def load_clips(root, split: str | None = "test", max_clips: int | None = None,
