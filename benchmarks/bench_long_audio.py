@@ -42,9 +42,16 @@ def run_one(seconds: float, steps: int, size: int, video: str | None = None, pip
 
     # OMP_NUM_THREADS, when set, caps the threads (e.g. 1 on a machine shared with training jobs).
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or os.cpu_count() or 1)
+    import soundfile as sf
+
     speech = load_audio(REPO / "assets" / "speech_demo.wav")
     reps = int(np.ceil(seconds * 16000 / len(speech)))
-    audio = np.tile(speech, reps)[: int(seconds * 16000)]
+    work = tempfile.TemporaryDirectory()
+    wav = Path(work.name) / "speech.wav"
+    sf.write(wav, np.tile(speech, reps)[: int(seconds * 16000)], 16000)
+    del speech
+    # As `talking-head generate` does: the file is decoded once, the pipeline and the MP4 writer share it.
+    audio = load_audio(wav)
     if pipeline:
         from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 
@@ -65,9 +72,11 @@ def run_one(seconds: float, steps: int, size: int, video: str | None = None, pip
             face = dict(identity_landmarks=grid * size) if video is None else {}
             result = pipe(audio, video or identity, sample_rate=16000, emotion="neutral", num_inference_steps=steps,
                           generator=torch.Generator().manual_seed(0), output_type=None,
-                          frames_callback=lambda frames: writer.write(frames[0]), **face)
+                          frames_callback=lambda frames: writer.write(frames[0]),
+                          frames_callback_dtype="uint8", **face)
         elapsed = time.perf_counter() - start
         mp4_mb = out_path.stat().st_size / 2**20
+    work.cleanup()
     return {
         "seconds": seconds, "frames": int(result.landmarks.shape[1]), "wall_s": round(elapsed, 1),
         "peak_rss_MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -136,6 +136,15 @@ def test_long_audio_is_made_clip_by_clip_and_streamed(pipe, identity):
     none = run(pipe, identity, seconds=1.9, frames_callback=streamed.append, output_type=None, num_inference_steps=1)
     assert none.frames is None
     np.testing.assert_array_equal(np.concatenate(streamed, axis=1), frames)
+    # The uint8 callback (what an MP4 writer takes) gets the same frames without the float copy.
+    raw = []
+    run(pipe, identity, seconds=1.9, frames_callback=raw.append, output_type=None, num_inference_steps=1,
+        frames_callback_dtype="uint8")
+    raw = np.concatenate(raw, axis=1)
+    assert raw.dtype == np.uint8
+    np.testing.assert_array_equal(raw, np.round(frames * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="frames_callback_dtype"):
+        run(pipe, identity, frames_callback=print, frames_callback_dtype="float16")
 
 
 @pytest.mark.parametrize("frames", [1, 5, 16, 17, 28, 29, 100])

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_prepare_parser(sub)
     add_preview_parser(sub)
     add_evaluate_parser(sub)
+    from talking_head.train_command import add_train_parser
+
+    add_train_parser(sub)  # talking-head train: your own person, one command
+    _add_app_parser(sub)
     return parser
 
 
@@ -166,7 +170,7 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
                       num_inference_steps=steps, guidance_scale=args.guidance_scale, fps=args.fps,
                       max_size=args.max_size, output_crop=args.crop, generator=generator, output_type=None,
                       reference_frame=getattr(args, "reference_frame", None),
-                      frames_callback=write)
+                      frames_callback=write, frames_callback_dtype="uint8")
     if live is not None:
         live.done()
     seconds = time.perf_counter() - started
@@ -240,6 +244,31 @@ def cmd_demo(args) -> int:
                   "(the video shows the tooling end to end, not a trained result)", file=sys.stderr)
     identity = identity if not isinstance(identity, Path) else str(identity)
     return _generate(args, pipeline_dir, str(speech), identity, args.output)
+
+
+def _add_app_parser(sub) -> None:
+    p = sub.add_parser("app", help="serve a web page to try it: a photo or a video and speech in, the MP4 out")
+    p.add_argument("--pipeline", default=None, help="pipeline directory (default: the bundled trained one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=positive_int, default=7860)
+    p.add_argument("--max-seconds", type=positive_float, default=60.0,
+                   help="longest speech (and dubbing video) the page accepts, in seconds (default 60)")
+    p.add_argument("--max-size", type=positive_int, default=1024,
+                   help="longest side of the output video in pixels (default 1024)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    p.set_defaults(handler=cmd_app)
+
+
+def cmd_app(args) -> int:
+    pipeline_dir = args.pipeline or _bundled_pipeline()
+    if pipeline_dir is None:
+        raise UsageError("no --pipeline given and no trained pipeline is bundled in talking_head/assets/pipeline")
+    try:
+        from talking_head.app import serve
+    except ModuleNotFoundError as err:
+        raise UsageError(f"the app needs {err.name}: pip install -e '.[app]' (make install does)") from None
+    return serve(pipeline_dir, host=args.host, port=args.port, max_seconds=args.max_seconds,
+                 max_size=args.max_size, device=args.device)
 
 
 def _exit_on_sigterm(signum, frame):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +75,31 @@ def dlib_available() -> bool:
     return importlib.util.find_spec("dlib") is not None and _predictor_path() is not None
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 @functools.lru_cache(maxsize=2)
-def _load_models(predictor_path: str):
-    """dlib's detector and predictor, loaded once per process (the .dat file is 100 MB, ~1 s)."""
+def _load_models_once(predictor_path: str):
     import dlib
 
     return dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path)
+
+
+def _load_models(predictor_path: str):
+    """dlib's detector and predictor, loaded once per process (the .dat file is 100 MB, ~1-2 s)."""
+    with _LOAD_LOCK:  # a preload thread and a first detection share one load
+        return _load_models_once(predictor_path)
+
+
+def preload_face_models() -> threading.Thread | None:
+    """Start loading dlib's models in a background thread (a pipeline does it when it is loaded), so the
+    first face detection does not wait 1-2 s for them; None when dlib is not installed."""
+    path = _predictor_path() if importlib.util.find_spec("dlib") is not None else None
+    if path is None:
+        return None
+    thread = threading.Thread(target=_load_models, args=(str(path.resolve()),), name="dlib-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 class FaceLandmarkDetector:

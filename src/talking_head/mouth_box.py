@@ -164,14 +164,14 @@ def feather(region: torch.Tensor, sigma: float = FEATHER_SIGMA) -> torch.Tensor:
 _VIRTUAL_SIDE = 1024
 
 
-def follow_face(source, moves: torch.Tensor) -> torch.Tensor:
+def follow_face(source, moves: torch.Tensor, start: int = 0) -> torch.Tensor:
     """Landmark displacements (F, 68, 2), normalised to the face crop, applied to each output frame's own face.
 
-    Output frame i shows frame `source.index(i)` of the identity (talking_head.identity): its landmarks plus
-    the displacement scaled by its face crop's side, in pixels of that frame.
+    Output frame i (moves[i - start]) shows frame `source.index(i)` of the identity (talking_head.identity): its
+    landmarks plus the displacement scaled by its face crop's side, in pixels of that frame.
     """
     out = []
-    for i, move in enumerate(moves):
+    for i, move in enumerate(moves, start):
         j = source.index(i)
         out.append(torch.from_numpy(source.landmarks_at(j)) + move * source.face_box(j)[2])
     return torch.stack(out).float()
@@ -180,32 +180,52 @@ def follow_face(source, moves: torch.Tensor) -> torch.Tensor:
 class BoxTrack:
     """The mouth boxes of one video (a photo is a video of one still frame), and their cut and paste.
 
-    points: (F, 68, 2) target landmarks of every output frame in pixels of the identity frame it is drawn on.
-    One box, fixed relative to the face crop, covers every frame's lower face and the reference frame's; on
-    each output frame it lands on that frame's (smoothed) face crop. `local`: the targets in [0, 1] of the
-    box; `ref_local`: the reference frame's landmarks the same way.
+    One box, fixed relative to the face crop, is placed on the reference frame's lower face and on the lower
+    face of the landmarks known before rendering, `points`: (K, 68, 2) for the first K of `num_frames` output
+    frames (default K = all), in pixels of the identity frame each is drawn on. On each output frame it lands on
+    that frame's (smoothed) face crop. The box does not depend on the frames after the K-th, so they can be
+    rendered as their landmarks arrive (`to_local`); the 1.4 x margin of the box holds a mouth opened wide (the
+    landmark model moves the lips and the chin by at most ~10 % of the face crop, the box reaches ~25 % beyond
+    the chin). `local` (when all frames' points are given): the targets in [0, 1] of the box; `ref_local`: the
+    reference's the same way.
     """
 
-    def __init__(self, source, points: torch.Tensor, indices=LOWER_FACE_POINTS, scale: float = BOX_SCALE):
+    def __init__(self, source, points: torch.Tensor | None = None, indices=LOWER_FACE_POINTS,
+                 scale: float = BOX_SCALE, num_frames: int | None = None):
+        if points is None and num_frames is None:
+            raise ValueError("give the frames' points or their number")
         self.source = source
-        self.frames = [source.index(i) for i in range(points.shape[0])]
-        crops = np.array([source.face_box(j) for j in self.frames])  # (F, 3): cx, cy, side
-        origin = crops[:, :2] - crops[:, 2:] / 2
-        norm = (points.numpy() - origin[:, None]) / crops[:, 2, None, None]
+        self.num_frames = int(points.shape[0]) if num_frames is None else int(num_frames)
         ref_crop = np.array(source.face_box(source.reference))
         ref_norm = (source.landmarks_at(source.reference) - (ref_crop[:2] - ref_crop[2] / 2)) / ref_crop[2]
-        box = MouthBox.from_landmarks(np.concatenate([ref_norm[None], norm]) * _VIRTUAL_SIDE, scale, indices)
-        self._unit = box  # in face-crop units of _VIRTUAL_SIDE
-        self.boxes = [self._place(c) for c in crops]
+        known = [ref_norm[None]]
+        if points is not None:
+            known.append(self._normalised(range(len(points)), points))
+        self._unit = MouthBox.from_landmarks(np.concatenate(known) * _VIRTUAL_SIDE, scale, indices)  # face-crop units
+        self._placed: dict[int, MouthBox] = {}
         self.reference_place = self._place(ref_crop)
-        if min(b.side for b in self.boxes + [self.reference_place]) < MIN_BOX_SIDE:
-            side = min(b.side for b in self.boxes)
+        shown = {source.index(i) for i in range(min(self.num_frames, 2 * max(1, source.num_frames)))}
+        side = min([self.box(j).side for j in shown] + [self.reference_place.side])
+        if side < MIN_BOX_SIDE:
             raise ValueError(f"the face is too small: the mouth box would be {side} px (at least {MIN_BOX_SIDE} "
                              "needed); use a larger photo or video")
-        origin_v = np.array([box.x0, box.y0], np.float64)
-        self.local = torch.from_numpy((norm * _VIRTUAL_SIDE - origin_v) / box.side).float()
-        self.ref_local = torch.from_numpy((ref_norm * _VIRTUAL_SIDE - origin_v) / box.side).float()
-        self._images: dict[int, torch.Tensor] = {}
+        self.ref_local = torch.from_numpy(self._in_box(ref_norm)).float()
+        self.local = self.to_local(range(self.num_frames), points) if points is not None and len(
+            points) == self.num_frames else None
+        self._images: dict[int, np.ndarray] = {}
+
+    def _normalised(self, frames: range, points) -> np.ndarray:
+        """Pixel points of output frames `frames` -> normalised to each one's face crop, (L, 68, 2) float64."""
+        crops = np.array([self.source.face_box(self.source.index(i)) for i in frames])  # (L, 3): cx, cy, side
+        pts = points.numpy() if torch.is_tensor(points) else np.asarray(points)
+        return (pts - (crops[:, :2] - crops[:, 2:] / 2)[:, None]) / crops[:, 2, None, None]
+
+    def _in_box(self, norm: np.ndarray) -> np.ndarray:
+        return (norm * _VIRTUAL_SIDE - np.array([self._unit.x0, self._unit.y0], np.float64)) / self._unit.side
+
+    def to_local(self, frames: range, points) -> torch.Tensor:
+        """(L, 68, 2) pixel landmarks of output frames `frames` -> [0, 1] coordinates of their boxes."""
+        return torch.from_numpy(self._in_box(self._normalised(frames, points))).float()
 
     def _place(self, crop) -> MouthBox:
         cx, cy, side = (float(v) for v in crop)
@@ -213,12 +233,19 @@ class BoxTrack:
         return MouthBox(int(round(cx - side / 2 + self._unit.x0 * f)), int(round(cy - side / 2 + self._unit.y0 * f)),
                         max(1, int(round(self._unit.side * f))))
 
+    def box(self, j: int) -> MouthBox:
+        """The box on identity frame j."""
+        if j not in self._placed:
+            self._placed[j] = self._place(self.source.face_box(j))
+        return self._placed[j]
+
     def image(self, j: int) -> np.ndarray:
         """Identity frame j, (H, W, 3) uint8 (the last few are kept: a clip and its overlap)."""
         if j not in self._images:
             if len(self._images) >= 32:
                 self._images.pop(next(iter(self._images)))
-            self._images[j] = np.ascontiguousarray(self.source.image(j))
+            image = np.ascontiguousarray(self.source.image(j))
+            self._images[j] = image if image.flags.writeable else image.copy()  # torch wants writable memory
         return self._images[j]
 
     def _cut(self, box: MouthBox, j: int, size: int) -> torch.Tensor:
@@ -231,16 +258,17 @@ class BoxTrack:
 
     def cut(self, frames: range, size: int) -> torch.Tensor:
         """(3, L, size, size): the boxes of output frames `frames`, cut from their identity frames."""
-        return torch.cat([self._cut(self.boxes[i], self.frames[i], size) for i in frames]).transpose(0, 1)
+        index = self.source.index
+        return torch.cat([self._cut(self.box(index(i)), index(i), size) for i in frames]).transpose(0, 1)
 
     def composite(self, frames: range, run: torch.Tensor) -> np.ndarray:
         """(n, H, W, 3) uint8: boxes + weights `run` (n, 4, S, S) blended into copies of their frames, only
         inside the box; frames of the identity without a face are passed through unchanged."""
         out = []
         for i, item in zip(frames, run):
-            j = self.frames[i]
+            j = self.source.index(i)
             frame = self.image(j).copy()
-            box = self.boxes[i]
+            box = self.box(j)
             x0, y0, x1, y1 = box.inside(*frame.shape[:2])
             if self.source.has_face[j] and x1 > x0 and y1 > y0:
                 region = torch.from_numpy(frame[y0:y1, x0:x1]).permute(2, 0, 1)[None].float() / 127.5 - 1

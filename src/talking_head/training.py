@@ -86,6 +86,10 @@ def add_common_args(parser: argparse.ArgumentParser, *, output_dir: str, train_b
     train.add_argument("--train_batch_size", type=int, default=train_batch_size, help="batch size per process")
     train.add_argument("--max_train_steps", type=int, default=max_train_steps,
                        help="optimizer updates in total (the LR schedule spans them)")
+    train.add_argument("--max_train_minutes", type=float, default=None,
+                       help="also stop after this many minutes of training (summed over resumed runs), with a "
+                            "final checkpoint and the saved model; the LR schedule then ends at whichever of "
+                            "the two limits comes first (talking_head.trainers.budget)")
     train.add_argument("--gradient_accumulation_steps", type=int, default=1,
                        help="batches accumulated per optimizer update")
     train.add_argument("--learning_rate", type=float, default=learning_rate, help="peak learning rate")
@@ -142,6 +146,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError("--validation_steps, --lr_warmup_steps and --dataloader_num_workers must be >= 0")
     if not args.learning_rate > 0:
         raise ValueError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.max_train_minutes is not None and not args.max_train_minutes > 0:
+        raise ValueError(f"--max_train_minutes must be > 0, got {args.max_train_minutes}")
     if args.data_dir is None and not args.synthetic:
         raise ValueError("give --data_dir (a prepared dataset, see `talking-head prepare --help`) or --synthetic")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
@@ -193,9 +199,13 @@ def make_accelerator(args: argparse.Namespace, find_unused_parameters: bool = Fa
     import diffusers
     import transformers
 
+    from talking_head.trainers.budget import progress_hook
+
     if accelerator.is_local_main_process:
         transformers.utils.logging.set_verbosity_warning()
-        diffusers.utils.logging.set_verbosity_info()
+        # A caller with its own progress display (talking-head train) keeps diffusers' save messages out of it.
+        verbosity = diffusers.utils.logging.WARNING if progress_hook() else diffusers.utils.logging.INFO
+        diffusers.utils.logging.set_verbosity(verbosity)
     else:
         transformers.utils.logging.set_verbosity_error()
         diffusers.utils.logging.set_verbosity_error()
@@ -379,9 +389,17 @@ def resume_position(global_step: int, updates_per_epoch: int, gradient_accumulat
 # ----------------------------------------------------------------------------------------------- data order
 def make_lr_scheduler(args, optimizer, accelerator):
     """diffusers' `get_scheduler` over the run (warm-up and length in updates; the prepared scheduler steps once
-    per process, hence the scaling)."""
+    per process, hence the scaling). With --max_train_minutes the schedule also ends at the time budget
+    (talking_head.trainers.budget.budget_lr_scheduler); this also starts the budget's clock afresh."""
     from diffusers.optimization import get_scheduler
 
+    from talking_head.trainers.budget import CLOCK, budget_lr_scheduler
+
+    minutes = getattr(args, "max_train_minutes", None)
+    CLOCK.configure(minutes)
+    if minutes is not None:
+        return budget_lr_scheduler(args.lr_scheduler, optimizer, args.lr_warmup_steps * accelerator.num_processes,
+                                   args.max_train_steps * accelerator.num_processes)
     return get_scheduler(args.lr_scheduler, optimizer=optimizer,
                          num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                          num_training_steps=args.max_train_steps * accelerator.num_processes)
@@ -416,6 +434,9 @@ def start_or_resume(accelerator, args, output_dir, train_dataloader, ema=None, *
     if resume is None:
         return run_shape, 0, 0, 0
     state = load_checkpoint(accelerator, resume)
+    from talking_head.trainers.budget import CLOCK
+
+    CLOCK.previous = float(state.get("train_seconds", 0.0))  # --max_train_minutes counts earlier runs' time
     if ema is not None:
         ema.to(accelerator.device)
     check_resume_compatible(state, run_shape)
@@ -511,6 +532,8 @@ class UpdateLoop:
     After each optimizer update (`sync_gradients`): EMA step, progress bar, `train/loss` and `train/lr` logging,
     `save_state` every `--checkpointing_steps`, `validate()` every `--validation_steps` (main process), and a
     checkpoint plus validation at the last update. `global_step` and `epoch` are read by the caller afterwards.
+    The last update is the `--max_train_steps`-th, or the first to end past `--max_train_minutes`; after a stop
+    request (talking_head.trainers.budget) the loop saves a checkpoint and raises `TrainingStopped`.
     """
 
     def __init__(self, accelerator, args, *, train_dataloader, sampler, output_dir, run_shape: dict,
@@ -525,21 +548,32 @@ class UpdateLoop:
         self.first_epoch, self.skip_batches = first_epoch, skip_batches
         self.metrics, self.batches, self.validate = metrics, batches, validate
         self.ema, self.ema_model, self.loss_format = ema, ema_model, loss_format
-        self.micro_step, self.accumulated_loss, self.done = 0, 0.0, global_step >= args.max_train_steps
+        from talking_head.trainers.budget import CLOCK, progress_hook
+
+        self.clock, self.hook = CLOCK, progress_hook()
+        self.micro_step, self.accumulated_loss = 0, 0.0
+        self.done = global_step >= args.max_train_steps or CLOCK.exhausted()
         self.progress = tqdm(range(args.max_train_steps), initial=global_step, desc="updates",
-                             disable=not accelerator.is_local_main_process)
+                             disable=not accelerator.is_local_main_process or self.hook is not None)
 
     def __iter__(self):
+        from talking_head.trainers.budget import set_in_loop
+
         args, accelerator = self.args, self.accelerator
-        while not self.done:
-            skip = self.skip_batches if self.epoch == self.first_epoch else 0
-            for batch in epoch_dataloader(accelerator, self.train_dataloader, self.sampler, self.epoch, skip):
-                seed_step(args.seed, accelerator.process_index, self.global_step, self.micro_step)
-                yield batch
-                if self.done:
-                    break
-            else:
-                self.epoch += 1
+        self.clock.start()
+        set_in_loop(True)
+        try:
+            while not self.done:
+                skip = self.skip_batches if self.epoch == self.first_epoch else 0
+                for batch in epoch_dataloader(accelerator, self.train_dataloader, self.sampler, self.epoch, skip):
+                    seed_step(args.seed, accelerator.process_index, self.global_step, self.micro_step)
+                    yield batch
+                    if self.done:
+                        break
+                else:
+                    self.epoch += 1
+        finally:
+            set_in_loop(False)
         self.progress.close()
 
     def backward_and_step(self, loss, batch_size: int, optimizer, lr_scheduler, parameters) -> None:
@@ -570,15 +604,36 @@ class UpdateLoop:
         lr = lr_scheduler.get_last_lr()[0]
         log_scalars(accelerator, self.metrics, {"train/loss": self.accumulated_loss, "train/lr": lr}, self.global_step)
         self.progress.set_postfix(loss=format(self.accumulated_loss, self.loss_format), lr=f"{lr:.2e}")
+        if self.hook is not None and accelerator.is_local_main_process:
+            self.hook(self.global_step, self.accumulated_loss, lr)
         self.accumulated_loss = 0.0
-        self.done = self.global_step >= args.max_train_steps
-        if self.global_step % args.checkpointing_steps == 0 or self.done:
-            save_checkpoint(accelerator, self.output_dir, self.global_step, {**self.run_shape, "epoch": self.epoch},
-                            args.checkpoints_total_limit)
+        out_of_time, stop = self._budget_or_stop()
+        self.done = self.global_step >= args.max_train_steps or out_of_time
+        if self.global_step % args.checkpointing_steps == 0 or self.done or stop:
+            path = save_checkpoint(accelerator, self.output_dir, self.global_step,
+                                   {**self.run_shape, "epoch": self.epoch, "train_seconds": self.clock.elapsed()},
+                                   args.checkpoints_total_limit)
+            if stop:
+                from talking_head.trainers.budget import TrainingStopped, set_in_loop
+
+                set_in_loop(False)
+                self.progress.close()
+                raise TrainingStopped(stop, path)
         if (args.validation_steps and self.global_step % args.validation_steps == 0) or self.done:
             if accelerator.is_main_process:
                 self.validate()
         step_delay()
+
+    def _budget_or_stop(self) -> tuple[bool, int | None]:
+        """(past --max_train_minutes, the signal of a stop request or None), the same on every process."""
+        from talking_head.trainers.budget import stop_requested
+
+        out_of_time, stop = self.clock.exhausted(), stop_requested()
+        if self.accelerator.num_processes > 1 and (self.clock.budget is not None or self.hook is not None):
+            flags = torch.tensor([float(out_of_time), float(stop or 0)], device=self.accelerator.device)
+            flags = self.accelerator.reduce(flags, reduction="max")
+            out_of_time, stop = bool(flags[0] > 0), (int(flags[1]) or None)
+        return out_of_time, stop
 
 
 class JsonlLog:

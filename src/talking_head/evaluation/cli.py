@@ -107,6 +107,8 @@ def cmd_evaluate(args) -> int:
         if s.get("m_ld") is not None:
             print(f" M-LD {s['m_ld']:.2f} F-LD {s['f_ld']:.2f}", end="")
         print()
+    if metrics.get("verdict"):
+        print(f"verdict: the pipeline {metrics['verdict']['line']}")
     print(f"wrote {args.output}/report.md")
     return 0
 

@@ -205,6 +205,36 @@ def plot_confusion(result: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# ---------------------------------------------------------------------- verdict
+VERDICT_METRICS = (("psnr", "PSNR", True, 2), ("ssim", "SSIM", True, 3), ("m_ld", "M-LD", False, 2),
+                   ("f_ld", "F-LD", False, 2))
+
+
+def verdict(m: dict, method: str = "pipeline", floor: str = "static") -> dict | None:
+    """How `method` compares with the floor (the still photo under the photo protocol) on PSNR, SSIM, M-LD and
+    F-LD: {"line": "beats the still photo on 3/4 metrics; misses M-LD (2.31 vs 2.18)", "beats": [...],
+    "misses": [...]}; None without both rows."""
+    methods = m.get("methods", {})
+    if method not in methods or floor not in methods:
+        return None
+    ours, base = methods[method]["summary"], methods[floor]["summary"]
+    beats, misses = [], []
+    for key, name, higher, digits in VERDICT_METRICS:
+        a, b = ours.get(key), base.get(key)
+        if a is None or b is None:
+            continue
+        (beats if (a > b if higher else a < b) else misses).append(
+            {"metric": name, "value": a, "floor": b, "text": f"{name} ({a:.{digits}f} vs {b:.{digits}f})"})
+    if not beats and not misses:
+        return None
+    floor_name = "the still photo" if m.get("config", {}).get("protocol", "photo") == "photo" else "the frozen mouth"
+    n = len(beats) + len(misses)
+    line = f"beats {floor_name} on {len(beats)}/{n} metrics"
+    if misses:
+        line += "; misses " + ", ".join(x["text"] for x in misses)
+    return {"line": line, "beats": [x["metric"] for x in beats], "misses": [x["metric"] for x in misses]}
+
+
 # ---------------------------------------------------------------------- report
 
 
@@ -260,6 +290,8 @@ def write_report(out: Path, m: dict) -> list[str]:
                          _f(p["f_ld"]), "", ""])
         md += [_table(["method", "PSNR ↑", "SSIM ↑", "box PSNR ↑", "box SSIM ↑", "M-LD ↓", "F-LD ↓", "face found",
                        "s / generated s"], rows), ""]
+        if m.get("verdict"):
+            md += [f"**Verdict: the pipeline {m['verdict']['line']}** (PSNR, SSIM higher; M-LD, F-LD lower).", ""]
         md += [f"Our rows: this dataset and split at {size}x{size}. The paper's rows are MEAD M030 under its own "
                "protocol (resolution, crop, test clips), so they frame the scale; they are not the same "
                "experiment. *box*: PSNR / SSIM inside the clip's mouth box only (the square the renderer "

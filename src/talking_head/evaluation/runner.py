@@ -249,12 +249,9 @@ class Evaluation:
 
         cfg = self.cfg
         device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            torch.device(device)
-        except RuntimeError:
-            raise ValueError(f"--device {device!r} is not a torch device") from None
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but torch sees no CUDA GPU")
+        from talking_head.argtypes import check_device
+
+        check_device(device)
         self.device = device
         if cfg.dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"--dtype must be float32, float16 or bfloat16, got {cfg.dtype!r}")
@@ -624,6 +621,11 @@ class Evaluation:
                 self.log(f"emotion classifier: accuracy {e['accuracy']:.3f} on {e['n']} utterances")
         if self.detector is not None:
             m["landmark_detection"] = {"calls": self.detector.calls, "seconds": self.detector.seconds}
+        from talking_head.evaluation.report import verdict
+
+        m["verdict"] = verdict(m)
+        if m["verdict"]:
+            self.log(f"verdict: the pipeline {m['verdict']['line']}")
         save()
         m["files"] = write_report(self.out, m)
         save()

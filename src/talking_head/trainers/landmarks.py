@@ -1,0 +1,505 @@
+"""Train the KFusion audio -> landmark model of TalkingHeadPipeline (DESIGN.md 2.2).
+
+    accelerate launch train/train_landmarks.py --data_dir /path/to/prepared --output_dir out/landmarks
+
+Each example is a window of --clip_frames video frames: its audio (exactly those frames' audio), the
+landmarks of a reference frame of the same person at another moment as the identity landmarks (what the
+pipeline takes from the identity photo), the clip's emotion (dropped to "no emotion" with probability
+--p_uncond, so the model also works without one), and the window's landmarks as the target. Loss
+(`talking_head.models.landmark_loss`): 0.2 * MSE(all 68 points) + 0.8 * MSE(mouth points) + 0.5 *
+MSE(frame-to-frame velocity), weights set by --all_weight, --mouth_weight, --velocity_weight.
+
+Validation (held-out split): the loss and the landmark distances of DESIGN 5 (M-LD over the mouth, F-LD
+over all points; per frame mean-centred, pixels of a 256² frame), next to the static baseline (identity
+landmarks repeated); the first held-out clip is rendered with the ground-truth (green) and predicted
+(red) landmarks as an MP4 with its audio and as a TensorBoard video.
+
+Issue 12 options (all off by default, i.e. the first models' training): --extra_data_dir (more prepared
+datasets, e.g. GRID next to the dev identity), --reference same_clip, --audio_context_frames (real audio
+around each window), --pose_align (targets moved into the identity frame's head pose), --centered_loss,
+--silent_weight, and augmentation: --aug_gain_db, --aug_clip_prob, --aug_noise_prob, --aug_speed,
+--aug_face_scale/--aug_face_aspect/--aug_face_shift, --aug_open_identity; --model_kwargs sets model config
+(e.g. identity_frame="face", mel_deltas, loudness_reference="active"). The recipe and its measured figures:
+docs/results/lip-motion/README.md.
+
+Saves OUTPUT_DIR/landmark_model (`KFusionLandmarkModel.from_pretrained` loads it; give it to
+train_diffusion.py --landmark_model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talking_head.constants import NUM_EMOTIONS, SAMPLE_RATE
+from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
+from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
+from talking_head.training import (
+    JsonlLog, LANDMARK_PRESETS, UpdateLoop, add_common_args, batch_log, check_common_args, draw_landmarks, finish,
+    held_out, init_trackers, landmark_distance, log_scalars, log_video, make_accelerator, make_dataloader, make_ema,
+    make_lr_scheduler, metrics_log, resolve_data_dir, save_component_atomic, start_or_resume, to_uint8_video,
+    weights_checksum, write_validation_mp4,
+)
+
+logger = logging.getLogger("train_landmarks")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=sorted(LANDMARK_PRESETS), default="paper",
+                       help="tiny (0.1M parameters, for tests) or paper (KFusionLandmarkModel's defaults)")
+    model.add_argument("--wav2vec2_model", type=str, default=None,
+                       help="a local wav2vec 2.0 folder for the Context domain (the paper's); default: log-mel")
+    model.add_argument("--pretrained_model", type=str, default=None,
+                       help="continue from a saved KFusionLandmarkModel folder (or a pipeline folder with "
+                            "landmark_model/) instead of a fresh --preset one")
+    model.add_argument("--clip_frames", type=int, default=32, help="frames per training window")
+    model.add_argument("--model_kwargs", type=str, default=None,
+                       help='JSON dict of KFusionLandmarkModel config overrides on top of --preset, e.g. '
+                            '\'{"mel_deltas": true, "loudness_floor": 0.02}\'')
+    data = parser.add_argument_group("data and augmentation")
+    data.add_argument("--extra_data_dir", action="append", default=[],
+                      help="another prepared dataset whose train split is added to --data_dir's (repeatable; "
+                           "e.g. GRID next to the dev identity)")
+    data.add_argument("--reference", choices=["random", "same_clip", "first", "mouth_contrast"], default="random",
+                      help="where a training window's identity landmarks come from (TalkingHeadClipDataset's "
+                           "reference modes): random (default) - any frame of the speaker; same_clip - a frame of "
+                           "the window's own clip (the same recording and framing, as an identity photo of the "
+                           "same session; evaluate takes the identity from the scored clip itself)")
+    data.add_argument("--audio_context_frames", type=int, default=0,
+                      help="frames of real audio read beyond each end of a window (the model predicts them too, "
+                           "the loss ignores them), so a window's edges hear what the pipeline's long calls "
+                           "hear instead of zero padding (default 0: the first models' behaviour)")
+    data.add_argument("--aug_gain_db", type=float, default=0.0,
+                      help="random gain, uniform in +-this many dB, per window")
+    data.add_argument("--aug_clip_prob", type=float, default=0.0,
+                      help="probability of boosting a window by 6-20 dB and clipping it at full scale")
+    data.add_argument("--aug_noise_prob", type=float, default=0.0,
+                      help="probability of adding white noise to a window, at --aug_noise_snr dB below its RMS")
+    data.add_argument("--aug_noise_snr", type=float, nargs=2, default=(15.0, 45.0), metavar=("LOW", "HIGH"),
+                      help="SNR range of the added noise in dB (default 15 45)")
+    data.add_argument("--pose_align", action="store_true",
+                      help="move every target frame into its identity frame's head pose first (a similarity "
+                           "transform fitted on points that speech hardly moves: jaw ends 0, 1, 15, 16 and the "
+                           "nose 27-35; not the eyes, which GRID s1's watermark covers), so the loss asks only for "
+                           "what the audio can tell (the expression), not for head motion")
+    data.add_argument("--aug_open_identity", type=float, default=0.0,
+                      help="probability of opening the identity's mouth synthetically (lower lip and chin moved "
+                           "down by up to --aug_open_amount face widths; the target is unchanged), so the model "
+                           "learns to close an identity photographed mid-word on silence")
+    data.add_argument("--aug_open_amount", type=float, default=0.08,
+                      help="largest synthetic opening of --aug_open_identity, in face widths (default 0.08)")
+    data.add_argument("--aug_speed", type=float, default=0.0,
+                      help="random speed change of a whole batch, factor uniform in 1 +- this (audio resampled like "
+                           "a tape played faster or slower, landmarks interpolated in time alike), with probability "
+                           "--aug_speed_prob")
+    data.add_argument("--aug_speed_prob", type=float, default=0.5, help="probability of --aug_speed per batch")
+    data.add_argument("--aug_face_scale", type=float, default=0.0,
+                      help="random scale of the face, uniform in 1 +- this, applied to the identity AND target "
+                           "landmarks alike (around the crop centre), so the model reads shapes, not positions")
+    data.add_argument("--aug_face_aspect", type=float, default=0.0,
+                      help="random width-to-height change of the face, x scaled by 1 +- this (identity and target "
+                           "alike): other face shapes than the few identities trained on")
+    data.add_argument("--aug_face_shift", type=float, default=0.0,
+                      help="random shift of the face, uniform in +- this (crop units), identity and target alike")
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--all_weight", type=float, default=0.2, help="weight of the MSE over all 68 points")
+    loss.add_argument("--mouth_weight", type=float, default=0.8, help="weight of the MSE over the 20 mouth points")
+    loss.add_argument("--velocity_weight", type=float, default=0.5,
+                      help="weight of the MSE of frame-to-frame differences (against jitter)")
+    loss.add_argument("--centered_loss", action="store_true",
+                      help="compare per-frame mean-centred points (as M-LD does): the head's translation, which the "
+                           "audio cannot tell, stops dominating the mouth's shape")
+    loss.add_argument("--absolute_weight", type=float, default=0.0,
+                      help="with --centered_loss, weight of the plain (not centred) MSE over all points")
+    loss.add_argument("--silent_weight", type=float, default=0.0,
+                      help="extra weight of the mouth MSE on silent frames (talking_head.evaluation.lip_motion's "
+                           "definition, from the window's audio): the closed mouth on silence")
+    loss.add_argument("--p_uncond", type=float, default=0.1, help="probability of training without the emotion")
+    val = parser.add_argument_group("validation")
+    val.add_argument("--validation_clips", type=int, default=32, help="held-out windows scored at each validation")
+    val.add_argument("--validation_video_size", type=int, default=128, help="side of the validation video frames")
+    add_common_args(parser, output_dir="out/train_landmarks", train_batch_size=16, max_train_steps=3000,
+                    learning_rate=1e-3, checkpointing_steps=500, validation_steps=250, lr_warmup_steps=100)
+    args = parser.parse_args(argv)
+    check_common_args(args)
+    if args.clip_frames < 2:
+        parser.error("--clip_frames must be >= 2 (the loss has a velocity term)")
+    if args.absolute_weight and not args.centered_loss:
+        parser.error("--absolute_weight goes with --centered_loss (without it the loss is absolute already)")
+    if args.audio_context_frames < 0:
+        parser.error("--audio_context_frames must be >= 0")
+    for name in ("aug_gain_db", "aug_face_scale", "aug_face_shift", "aug_face_aspect"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0")
+    if not 0 <= args.aug_speed < 0.5:
+        parser.error("--aug_speed must be in [0, 0.5)")
+    if args.aug_open_amount < 0:
+        parser.error("--aug_open_amount must be >= 0")
+    for name in ("aug_clip_prob", "aug_noise_prob", "aug_speed_prob", "aug_open_identity"):
+        if not 0 <= getattr(args, name) <= 1:
+            parser.error(f"--{name} must be in [0, 1]")
+    if args.aug_noise_snr[0] > args.aug_noise_snr[1]:
+        parser.error("--aug_noise_snr LOW must be <= HIGH")
+    if args.model_kwargs is not None:
+        import json
+
+        try:
+            args.model_kwargs = json.loads(args.model_kwargs)
+        except json.JSONDecodeError as err:
+            parser.error(f"--model_kwargs is not JSON: {err}")
+        if not isinstance(args.model_kwargs, dict):
+            parser.error("--model_kwargs must be a JSON object")
+    return args
+
+
+class LandmarkClipDataset(TalkingHeadClipDataset):
+    """TalkingHeadClipDataset without decoding the frames (the landmark model never sees them).
+
+    Overrides the dataset's frame reader with a 1×1 black image: a landmark batch then costs the audio and
+    landmark reads only. (If that reader is ever renamed, this just decodes frames again: slower, still right.)
+    """
+
+    def _frame(self, c: int, f: int) -> np.ndarray:  # noqa: D102
+        return np.zeros((1, 1, 3), dtype=np.uint8)
+
+
+class _ConcatWindows(torch.utils.data.ConcatDataset):
+    """Several LandmarkClipDatasets as one; `set_epoch` reaches each (their random windows follow the epoch)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for part in self.datasets:
+            part.set_epoch(epoch)
+
+    @property
+    def clips(self):
+        return [c for part in self.datasets for c in part.clips]
+
+
+def build_model(args) -> KFusionLandmarkModel:
+    if args.pretrained_model:
+        path = Path(args.pretrained_model)
+        if (path / "landmark_model").is_dir():  # a pipeline folder (e.g. the bundled assets/pipeline)
+            path = path / "landmark_model"
+        return KFusionLandmarkModel.from_pretrained(path)
+    kwargs = dict(LANDMARK_PRESETS[args.preset])
+    kwargs.update(getattr(args, "model_kwargs", None) or {})
+    if args.wav2vec2_model:
+        return KFusionLandmarkModel.from_wav2vec2_pretrained(args.wav2vec2_model, **kwargs)
+    return KFusionLandmarkModel(**kwargs)
+
+
+def batch_fps(batch) -> float:
+    fps = batch["fps"]
+    if not torch.allclose(fps, fps[0]):
+        raise ValueError(f"a batch mixes frame rates {sorted(set(fps.tolist()))}; prepare the data at one fps")
+    return float(fps[0])
+
+
+def forward(model, batch, emotion_labels=None, context_frames: int = 0):
+    """Predicted landmarks of the batch's window. With `context_frames` = p the audio covers p more frames on
+    each side (the dataset's audio_pad_frames); the model predicts all of them and the window's are returned."""
+    frames = batch["landmarks"].shape[1]
+    pred = model(batch["audio"], batch["reference_landmarks"], num_frames=frames + 2 * context_frames,
+                 fps=batch_fps(batch), emotion_labels=emotion_labels).landmarks
+    return pred[:, context_frames: context_frames + frames]
+
+
+# How far each point moves when the identity's mouth is opened synthetically (--aug_open_identity), as a share
+# of the opening: lower lip fully, the lip corners and the chin partly (the jaw turns about the ears).
+OPEN_WEIGHTS = {**{i: 1.0 for i in (55, 56, 57, 58, 59, 65, 66, 67)}, **{i: 0.4 for i in (48, 54, 60, 64)},
+                **{i: 0.8 for i in (7, 8, 9)}, 6: 0.5, 10: 0.5, 5: 0.25, 11: 0.25}
+
+
+def open_mouth(reference: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
+    """reference (B, 68, 2) with the mouth opened by `amount` (B,) face widths: the lower lip and chin moved
+    along the face's down direction (perpendicular to jaw end 0 -> 16), by OPEN_WEIGHTS."""
+    across = reference[:, 16] - reference[:, 0]
+    width = across.norm(dim=-1).clamp_min(1e-6)
+    down = torch.stack([-across[:, 1], across[:, 0]], dim=-1) / width[:, None]  # y grows downwards
+    weights = torch.zeros(reference.shape[1], dtype=reference.dtype)
+    for i, w in OPEN_WEIGHTS.items():
+        weights[i] = w
+    return reference + (amount * width)[:, None, None] * weights[None, :, None] * down[:, None, :]
+
+
+POSE_POINTS = (0, 1, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35)
+
+
+def align_pose(landmarks: torch.Tensor, reference: torch.Tensor, points=POSE_POINTS) -> torch.Tensor:
+    """landmarks (B, F, 68, 2) moved by the similarity transform (rotation, uniform scale, translation; no
+    reflection) that best maps each frame's `points` onto the reference's (B, 68, 2), least squares (Umeyama)."""
+    idx = list(points)
+    src = landmarks[..., idx, :].double()  # (B, F, K, 2)
+    dst = reference[:, None, idx, :].double().expand_as(src)
+    mu_s, mu_d = src.mean(-2, keepdim=True), dst.mean(-2, keepdim=True)
+    xs, xd = src - mu_s, dst - mu_d
+    # For 2-D similarity: with a = sum(xs . xd), b = sum(xs x xd), the rotation is atan2(b, a) and
+    # scale = sqrt(a^2 + b^2) / sum |xs|^2.
+    a = (xs * xd).sum((-1, -2))
+    b = (xs[..., 0] * xd[..., 1] - xs[..., 1] * xd[..., 0]).sum(-1)
+    norm = xs.pow(2).sum((-1, -2)).clamp_min(1e-12)
+    cos, sin = a / norm, b / norm  # scale * (cos, sin)
+    x = landmarks.double() - mu_s
+    out = torch.stack([cos[..., None] * x[..., 0] - sin[..., None] * x[..., 1],
+                       sin[..., None] * x[..., 0] + cos[..., None] * x[..., 1]], dim=-1) + mu_d
+    return out.to(landmarks.dtype)
+
+
+def window_silence(batch, context_frames: int) -> torch.Tensor:
+    """(B, F) bool: the silent frames of each window (talking_head.evaluation.lip_motion.silent_frames on the
+    window's audio, context included, before any augmentation)."""
+    from talking_head.evaluation.lip_motion import silent_frames
+
+    frames = batch["landmarks"].shape[1]
+    fps = batch_fps(batch)
+    rows = [silent_frames(a.numpy(), SAMPLE_RATE, fps, frames + 2 * context_frames)[context_frames:
+                                                                                   context_frames + frames]
+            for a in batch["audio"].float().cpu()]
+    return torch.from_numpy(np.stack(rows))
+
+
+def change_speed(batch, factor: float, context_frames: int):
+    """The batch played `factor` times slower (> 1: more frames) or faster (< 1), audio and landmarks alike.
+
+    The window's F frames become F' = round(F * factor) frames (the factor actually used is F' / F, so frames
+    stay whole); the audio is stretched by the same factor (linear interpolation) and cut so that it again
+    starts `context_frames` frames before the window and ends as many after it (zero where the stretched
+    audio does not reach). Frame j of the new window shows the old frame at (j + 0.5) / r - 0.5.
+    """
+    lms = batch["landmarks"]
+    frames = lms.shape[1]
+    new_frames = max(2, int(round(frames * factor)))
+    r = new_frames / frames
+    if new_frames == frames:
+        return batch
+    fps = batch_fps(batch)
+    spf = SAMPLE_RATE / fps
+    audio = batch["audio"].float()
+    stretched = torch.nn.functional.interpolate(audio[:, None], size=max(1, int(round(audio.shape[1] * r))),
+                                                mode="linear", align_corners=False)[:, 0]
+    offset = int(round(context_frames * (r - 1.0) * spf))
+    length = int(round((new_frames + 2 * context_frames) * spf))
+    left = max(0, -offset)
+    piece = stretched[:, max(0, offset): max(0, offset) + length - left]
+    piece = torch.nn.functional.pad(piece, (left, length - left - piece.shape[1]))
+    src = ((torch.arange(new_frames, dtype=torch.float64) + 0.5) / r - 0.5).clamp(0, frames - 1)
+    lo = src.floor().long().clamp(max=frames - 1)
+    hi = (lo + 1).clamp(max=frames - 1)
+    w = (src - lo).to(lms.dtype)[None, :, None, None]
+    out = dict(batch)
+    out["audio"] = piece
+    out["landmarks"] = lms[:, lo] * (1 - w) + lms[:, hi] * w
+    return out
+
+
+def augment(batch, args, generator: torch.Generator):
+    """Speed (whole batch), gain / clipping / noise on the audio, and one random similarity transform per window
+    on the identity and target landmarks (see the --aug_* flags). Returns (augmented batch, the batch after
+    the speed change only); the input is not modified."""
+    batch = dict(batch)
+    if args.aug_speed > 0 and float(torch.rand((), generator=generator)) < args.aug_speed_prob:
+        factor = 1.0 + args.aug_speed * (2 * float(torch.rand((), generator=generator)) - 1)
+        batch = change_speed(batch, factor, args.audio_context_frames)
+    if args.pose_align:
+        batch["landmarks"] = align_pose(batch["landmarks"], batch["reference_landmarks"])
+    if args.aug_open_identity > 0:
+        n = batch["reference_landmarks"].shape[0]
+        opened = torch.rand(n, generator=generator) < args.aug_open_identity
+        amount = torch.rand(n, generator=generator) * args.aug_open_amount * opened
+        batch["reference_landmarks"] = open_mouth(batch["reference_landmarks"].float(), amount)
+    clean = dict(batch)  # after the speed change, before gain / clipping / noise (for the silence mask)
+    audio = batch["audio"].float()
+    n = audio.shape[0]
+
+    def uniform(low, high, size=(n,)):
+        return low + (high - low) * torch.rand(size, generator=generator)
+
+    if args.aug_gain_db > 0:
+        audio = audio * (10.0 ** (uniform(-args.aug_gain_db, args.aug_gain_db) / 20.0))[:, None]
+    if args.aug_clip_prob > 0:
+        clip = torch.rand(n, generator=generator) < args.aug_clip_prob
+        boosted = (audio * (10.0 ** (uniform(6.0, 20.0) / 20.0))[:, None]).clamp(-1.0, 1.0)
+        audio = torch.where(clip[:, None], boosted, audio)
+    if args.aug_noise_prob > 0:
+        noisy = torch.rand(n, generator=generator) < args.aug_noise_prob
+        rms = audio.pow(2).mean(dim=1).sqrt().clamp_min(1e-4)
+        noise_rms = rms * 10.0 ** (-uniform(*args.aug_noise_snr) / 20.0)
+        noise = torch.randn(audio.shape, generator=generator) * (noise_rms * noisy)[:, None]
+        audio = audio + noise
+    batch["audio"] = audio
+    if args.aug_face_scale > 0 or args.aug_face_shift > 0 or args.aug_face_aspect > 0:
+        scale = uniform(1.0 - args.aug_face_scale, 1.0 + args.aug_face_scale)[:, None, None]
+        aspect = uniform(1.0 - args.aug_face_aspect, 1.0 + args.aug_face_aspect)
+        scale = scale * torch.stack([aspect, torch.ones_like(aspect)], dim=-1)[:, None, :]  # (n, 1, 2)
+        shift = uniform(-args.aug_face_shift, args.aug_face_shift, (n, 1, 2))
+        batch["reference_landmarks"] = (batch["reference_landmarks"] - 0.5) * scale + 0.5 + shift
+        batch["landmarks"] = (batch["landmarks"] - 0.5) * scale[:, None] + 0.5 + shift[:, None]
+    return batch, clean
+
+
+class Validator:
+    def __init__(self, args, data_dir, accelerator, metrics: JsonlLog):
+        self.args, self.accelerator, self.metrics = args, accelerator, metrics
+        # Identity landmarks from the same held-out clip (another moment of it), like an identity photo
+        # taken from the same recording.
+        dataset = held_out(lambda split: LandmarkClipDataset(data_dir, split=split, clip_frames=args.clip_frames,
+                                                             random_crop=False, seed=args.seed,
+                                                             reference="same_clip",
+                                                             audio_pad_frames=args.audio_context_frames), data_dir)
+        split = dataset.split
+        n = min(len(dataset), args.validation_clips)
+        self.indices = sorted(set(np.linspace(0, len(dataset) - 1, n).round().astype(int).tolist()))
+        self.items = [dataset[i] for i in self.indices]
+        # The first clip again, with its frames, for the video.
+        video_set = TalkingHeadClipDataset(data_dir, split=split, clip_frames=args.clip_frames, random_crop=False,
+                                           seed=args.seed, sample_size=args.validation_video_size,
+                                           reference="same_clip", audio_pad_frames=args.audio_context_frames)
+        self.video_item = video_set[self.indices[0]]
+        self.static = None
+
+    @torch.no_grad()
+    def __call__(self, model, global_step: int) -> dict:
+        args, device = self.args, self.accelerator.device
+        was_training = model.training
+        model.eval()
+        losses, preds, targets, identities = [], [], [], []
+        for start in range(0, len(self.items), args.train_batch_size):
+            batch = collate_clips(self.items[start: start + args.train_batch_size])
+            batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            pred = forward(model, batch, batch["emotion"], args.audio_context_frames)
+            losses.append(landmark_loss(pred, batch["landmarks"], mouth_weight=args.mouth_weight,
+                                        all_weight=args.all_weight, velocity_weight=args.velocity_weight,
+                                        centered=args.centered_loss, absolute_weight=args.absolute_weight).item())
+            preds.append(pred.cpu())
+            targets.append(batch["landmarks"].cpu())
+            identities.append(batch["reference_landmarks"].cpu())
+        pred, target = torch.cat(preds), torch.cat(targets)
+        m_ld, f_ld = landmark_distance(pred, target)
+        results = {"val/loss": float(np.mean(losses)), "val/m_ld": m_ld, "val/f_ld": f_ld}
+        if self.static is None:  # the floor: the identity landmarks, not moving
+            static = torch.cat(identities)[:, None].expand_as(target)
+            self.static = landmark_distance(static, target)
+        results["val/m_ld_static"], results["val/f_ld_static"] = self.static
+
+        item = self.video_item
+        batch = collate_clips([item])
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        pred = forward(model, batch, batch["emotion"], args.audio_context_frames)[0].cpu().numpy()
+        video = draw_landmarks(to_uint8_video(item["frames"]), (item["landmarks"].numpy(), (0, 220, 0)),
+                               (pred, (230, 30, 30)))
+        fps = float(item["fps"])
+        log_video(self.accelerator, "validation/landmarks_truth_green_pred_red", video, global_step, fps)
+        pad = int(round(args.audio_context_frames * SAMPLE_RATE / fps))
+        audio = item["audio"].numpy()
+        write_validation_mp4(Path(args.output_dir) / "validation" / f"step-{global_step:07d}.mp4", video, fps,
+                             audio=audio[pad: len(audio) - pad] if pad else audio)
+        model.train(was_training)
+        log_scalars(self.accelerator, self.metrics, results, global_step)
+        logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.5g}" for k, v in results.items()))
+        return results
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args)
+    logger.info(accelerator.state)
+    output_dir = Path(args.output_dir)
+
+    data_dir = resolve_data_dir(args, accelerator, kind="video", size=64)
+    def train_set(root):
+        return LandmarkClipDataset(root, split="train", clip_frames=args.clip_frames, random_crop=True,
+                                   seed=args.seed, audio_pad_frames=args.audio_context_frames,
+                                   reference=args.reference)
+
+    train_dataset = train_set(data_dir)
+    if args.extra_data_dir:
+        parts = [train_dataset] + [train_set(Path(d)) for d in args.extra_data_dir]
+        fps = {float(c["fps"]) for part in parts for c in part.clips}
+        if len(fps) > 1:
+            raise ValueError(f"--data_dir and --extra_data_dir mix frame rates {sorted(fps)}; prepare them at one fps")
+        train_dataset = _ConcatWindows(parts)
+
+    model = build_model(args)
+    if args.gradient_checkpointing:
+        logger.warning("KFusionLandmarkModel does not support gradient checkpointing; ignoring the flag")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    train_dataloader, sampler = make_dataloader(train_dataset, args.train_batch_size, args.seed,
+                                                args.dataloader_num_workers, collate_clips)
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
+                                                                           lr_scheduler)
+    # The EMA starts from the prepared (on every process identical) weights.
+    ema = make_ema(accelerator, args, model, KFusionLandmarkModel)
+
+    init_trackers(accelerator, args, "train_landmarks")
+    metrics = metrics_log(accelerator, output_dir)
+    batches = batch_log(accelerator, args)
+    run_shape, global_step, first_epoch, skip_batches = start_or_resume(
+        accelerator, args, output_dir, train_dataloader, ema)
+
+    unwrapped = accelerator.unwrap_model(model)
+    logger.info(f"{len(train_dataset)} training windows of {args.clip_frames} frames from {data_dir}; "
+                f"{accelerator.num_processes} process(es) x batch {args.train_batch_size} x accumulation "
+                f"{accelerator.gradient_accumulation_steps}; {args.max_train_steps} updates; model "
+                f"{sum(p.numel() for p in unwrapped.parameters() if p.requires_grad) / 1e6:.2f}M trainable parameters")
+    validator = None
+    if accelerator.is_main_process and args.validation_clips > 0:
+        validator = Validator(args, data_dir, accelerator, metrics)
+
+    def validate():
+        if validator is None:
+            return
+        if ema is not None:
+            ema.store(unwrapped.parameters())
+            ema.copy_to(unwrapped.parameters())
+        with torch.random.fork_rng(devices=[]):
+            validator(unwrapped, loop.global_step)
+        if ema is not None:
+            ema.restore(unwrapped.parameters())
+
+    model.train()
+    loop = UpdateLoop(accelerator, args, train_dataloader=train_dataloader, sampler=sampler,
+                      output_dir=output_dir, run_shape=run_shape, global_step=global_step,
+                      first_epoch=first_epoch, skip_batches=skip_batches, metrics=metrics, batches=batches,
+                      validate=validate, ema=ema, ema_model=model, loss_format=".3g")
+    aug_generator = torch.Generator().manual_seed(args.seed + 1000 * accelerator.process_index)
+    for batch in loop:
+        with accelerator.accumulate(model):
+            batch, clean = augment(batch, args, aug_generator)
+            silent = window_silence(clean, args.audio_context_frames) if args.silent_weight else None
+            labels = batch["emotion"]
+            if args.p_uncond > 0:
+                drop = torch.rand(labels.shape, device=labels.device) < args.p_uncond
+                labels = torch.where(drop, torch.full_like(labels, NUM_EMOTIONS), labels)
+            pred = forward(model, batch, labels, args.audio_context_frames)
+            loss = landmark_loss(pred, batch["landmarks"], mouth_weight=args.mouth_weight,
+                                 all_weight=args.all_weight, velocity_weight=args.velocity_weight,
+                                 centered=args.centered_loss, absolute_weight=args.absolute_weight,
+                                 silent_frames=silent, silent_weight=args.silent_weight)
+            loop.backward_and_step(loss, pred.shape[0], optimizer, lr_scheduler, params)
+        loop.end_micro_step(batch, loss.item(), lr_scheduler)
+    global_step = loop.global_step
+
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(unwrapped.parameters())
+    if args.log_batch_ids:
+        batches.write(final=True, step=global_step, checksum=weights_checksum(unwrapped))
+    if accelerator.is_main_process:
+        path = save_component_atomic(unwrapped, output_dir / "landmark_model")
+        logger.info(f"saved the landmark model to {path} (train_diffusion.py --landmark_model {path})")
+    del model, unwrapped, optimizer, lr_scheduler, train_dataloader, ema, validator, params
+    finish(accelerator)
+
+
+if __name__ == "__main__":  # python -m talking_head.trainers.landmarks
+    main(sys.argv[1:])

@@ -1,0 +1,97 @@
+"""Streaming: the landmark model runs chunk by chunk ahead of the renderer (issue 15), and the mouth box does
+not depend on what the speech does later."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_face_landmarks, voice_like
+from talking_head.identity import Photo, StillIdentity
+from talking_head.landmark_stream import LandmarkStream
+from talking_head.models.mask_noise import LOWER_FACE_POINTS
+from talking_head.mouth_box import BoxTrack, MouthBox
+from talking_head.presets import build_pipeline
+
+
+def test_stream_produces_chunks_on_demand_and_slices_across_them():
+    data = torch.arange(2 * 10 * 68 * 2, dtype=torch.float32).view(2, 10, 68, 2)
+    made = []
+
+    def chunks():
+        for s in (0, 3, 7):
+            e = {0: 3, 3: 7, 7: 10}[s]
+            made.append(s)
+            yield data[:, s:e]
+
+    stream = LandmarkStream(10, chunks())
+    assert stream.available == 0 and made == []
+    torch.testing.assert_close(stream.frames(0, 2), data[:, 0:2])
+    assert made == [0]  # only the first chunk was needed
+    torch.testing.assert_close(stream.frames(2, 8), data[:, 2:8])  # spans three chunks
+    assert made == [0, 3, 7]
+    torch.testing.assert_close(stream.all(), data)
+    with pytest.raises(ValueError, match="outside"):
+        stream.frames(5, 11)
+
+
+def test_stream_that_ends_early_says_so():
+    stream = LandmarkStream(10, iter([torch.zeros(1, 4, 68, 2)]))
+    with pytest.raises(RuntimeError, match="ended at frame 4 of 10"):
+        stream.frames(0, 6)
+
+
+def test_given_landmarks_are_one_known_chunk():
+    points = torch.rand(1, 5, 68, 2)
+    stream = LandmarkStream.given(points)
+    assert stream.known is points and stream.available == 5
+    torch.testing.assert_close(stream.frames(1, 4), points[:, 1:4])
+
+
+def _still(size=120):
+    lmk = synthetic_face_landmarks(size)
+    image = np.full((size, size, 3), 128, np.uint8)
+    from talking_head.face import face_crop_box
+
+    return StillIdentity(Photo(image=image, landmarks=lmk, face_box=tuple(face_crop_box(lmk))))
+
+
+def test_box_without_points_is_placed_on_the_reference_alone():
+    source = _still()
+    track = BoxTrack(source, None, num_frames=40)
+    ref = source.landmarks_at(0)
+    # The same box as from the reference's landmarks, whatever the later frames' landmarks are.
+    opened = torch.from_numpy(np.repeat(ref[None], 40, 0)).float()
+    opened[:, 48:68, 1] += 6.0  # a wide-open mouth later in the speech
+    assert track.box(0) == MouthBox.from_landmarks(ref[None])
+    local = track.to_local(range(30, 40), opened[30:])
+    assert local.shape == (10, 68, 2)
+    # The open mouth's lower face is still inside the box: the box's margin holds it.
+    lower = local[:, list(LOWER_FACE_POINTS)]
+    assert float(lower.min()) >= 0.05 and float(lower.max()) <= 0.95
+    # With the points given, the box covers them too and `local` holds them.
+    given = BoxTrack(source, opened)
+    assert given.local.shape == (40, 68, 2) and given.box(0).side >= track.box(0).side
+    # With the first frames' points only, the box covers those and the reference, nothing later.
+    first = BoxTrack(source, opened[:10], num_frames=40)
+    assert first.local is None and first.box(0) == MouthBox.from_landmarks(np.concatenate([ref[None], opened[:10]]))
+
+
+def test_first_frames_come_out_before_the_whole_speech_has_landmarks():
+    pipe = build_pipeline("tiny", sample_size=32, seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.register_to_config(landmark_chunk_frames=20)  # 3 s = 75 frames: 4 chunks
+    calls = []
+    handle = pipe.landmark_model.register_forward_hook(lambda *a: calls.append(1))
+    seen = []
+    try:
+        out = pipe(voice_like(3.0), np.full((80, 80, 3), 100, np.uint8), sample_rate=16000,
+                   identity_landmarks=synthetic_face_landmarks(80), num_inference_steps=1,
+                   generator=torch.Generator().manual_seed(0), output_type=None,
+                   frames_callback=lambda f: seen.append(len(calls)))
+    finally:
+        handle.remove()
+    assert out.landmarks.shape == (1, 75, 68, 2) and np.isfinite(out.landmarks).all()
+    assert seen[0] == 1 < len(calls)  # the first frames waited for one landmark chunk, not all of them
+    assert len(calls) == 4
