@@ -673,15 +673,14 @@ class TalkingHeadPipeline(DiffusionPipeline):
         # the whole first chunk.
         first = FIRST_LANDMARK_CHUNK_CLIPS * int(self.config.clip_frames)
         chunks = self.landmark_chunks(wave_batch, ident, num_frames, fps, labels, first=first)
-        start = [0]
 
-        def to_frames(pred):
-            moves = pred - ident[:, None]
-            out = torch.stack([follow_face(src, m, start[0]) for src, m in zip(sources, moves)])
-            start[0] += pred.shape[1]
-            return out
+        def on_frames():
+            start = 0
+            for pred in chunks:
+                yield torch.stack([follow_face(src, m, start) for src, m in zip(sources, pred - ident[:, None])])
+                start += pred.shape[1]
 
-        return LandmarkStream(num_frames, map(to_frames, chunks))
+        return LandmarkStream(num_frames, on_frames())
 
     def _emotions(self, emotion, waves, batch):
         if emotion is not None:
