@@ -60,7 +60,7 @@ from kan import KAN
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 from transformers.audio_utils import mel_filter_bank
 
-from talking_head.constants import MOUTH_SLICE, NUM_EMOTIONS, NUM_LANDMARKS, SAMPLE_RATE
+from talking_head.constants import EMOTIONS, MOUTH_SLICE, NUM_EMOTIONS, NUM_LANDMARKS, SAMPLE_RATE
 
 logger = logging.get_logger(__name__)
 
@@ -350,6 +350,28 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             same motion, scaled to it, which is what lets a model trained on a few faces move others.
         mel_deltas (`bool`, defaults to `False`): append the log-mel's first and second time deltas
             (HTK regression over +-2 steps) to the Context domain's input, 3 x n_mels features.
+        trained_emotions (`list`, *optional*): the emotion names whose embedding rows were trained (recorded by
+            train_landmarks.py from its data; None: not recorded, e.g. the first models, which learned only the
+            null row). Informational: the pipeline warns when asked for an emotion outside it.
+        emotion_aliases (`dict`, *optional*): `{asked: used}` emotion names; a label `asked` is replaced by
+            `used` before the embedding (e.g. `{"contempt": "disgusted", "surprised": "fear"}` for a model
+            trained on CREMA-D, which has neither), so an untrained row is never read.
+        emotion_head (`bool`, defaults to `False`): an emotion residual branch: a small MLP reads the emotion
+            embedding and the identity embedding (and, with `emotion_head_audio`, the Global domain's per-frame
+            features) and adds a displacement, in the same units as the KAN's: one expression per clip on top
+            of the speech motion. The KAN then always reads the
+            null emotion row (the speech motion is the same whatever the emotion) and the branch is off for the
+            null class, so a model without an emotion is exactly the model without the branch: a pretrained
+            speech model can learn emotions (train only `emotion_residual` and `emotion_embedding`) and keep its
+            lip motion bit for bit, with or without an emotion.
+        emotion_head_dim (`int`, defaults to 64): the branch's hidden width.
+        emotion_head_audio (`bool`, defaults to `False`): the branch also reads the Global domain's per-frame
+            features, so the expression can change with the speech. Measured worse (issue 16: learned from
+            CREMA-D's 8 kHz audio, it moved the mouth against the speech on full-band audio).
+        emotion_head_relative (`bool`, defaults to `False`): the branch's output is its output for the emotion
+            minus its output for neutral, so neutral is exactly the null class (the speech model) and every
+            emotion is a difference from neutral. What the emotion data has in common across its classes (its
+            recording, its speakers: train_landmarks.py --domain_bias absorbs it) then never reaches the face.
     """
 
     _supports_gradient_checkpointing = False
@@ -382,8 +404,15 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         mel_deltas: bool = False,
         loudness_reference: str = "clip",
         identity_frame: str = "crop",
+        trained_emotions: list | None = None,
+        emotion_aliases: dict | None = None,
+        emotion_head: bool = False,
+        emotion_head_dim: int = 64,
+        emotion_head_audio: bool = False,
+        emotion_head_relative: bool = False,
     ):
         super().__init__()
+        self._alias_table = self._make_alias_table(num_emotions, emotion_aliases)
         if context_encoder not in ("logmel", "wav2vec2"):
             raise ValueError(f"context_encoder must be 'logmel' or 'wav2vec2', got {context_encoder!r}")
         if sample_rate <= 0:
@@ -436,6 +465,15 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         fusion_dim = global_channels + context_channels + identity_dim + emotion_dim
         self.fusion_norm = nn.LayerNorm(fusion_dim)
         self.fusion_kan = _build_kan([fusion_dim, *kan_hidden_dims, num_landmarks * 2], kan_grid, kan_k)
+        if emotion_head:
+            self.emotion_residual = nn.Sequential(
+                nn.Linear(emotion_dim + identity_dim + (global_channels if emotion_head_audio else 0),
+                          emotion_head_dim), nn.SiLU(),
+                nn.Linear(emotion_head_dim, emotion_head_dim), nn.SiLU(),
+                nn.Linear(emotion_head_dim, num_landmarks * 2),
+            )
+            nn.init.zeros_(self.emotion_residual[-1].weight)  # starts as "no emotion effect"
+            nn.init.zeros_(self.emotion_residual[-1].bias)
 
     # -- dtype / device handling ----------------------------------------------------------------------------------
 
@@ -528,6 +566,30 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         model.context_frontend.wav2vec2.load_state_dict(wav2vec2.state_dict())
         return model
 
+    @staticmethod
+    def _make_alias_table(num_emotions: int, aliases: dict | None) -> torch.Tensor:
+        """(num_emotions + 1,) label -> the label whose embedding row is read (identity unless aliased)."""
+        table = torch.arange(num_emotions + 1)
+        if not aliases:
+            return table
+        if not isinstance(aliases, dict):
+            raise ValueError(f"emotion_aliases must be a dict of emotion names, got {type(aliases).__name__}")
+        if num_emotions != NUM_EMOTIONS:
+            raise ValueError("emotion_aliases needs the project's emotion classes (num_emotions = 8)")
+        for asked, used in aliases.items():
+            for name in (asked, used):
+                if name not in EMOTIONS:
+                    raise ValueError(f"emotion_aliases: unknown emotion {name!r}; expected one of "
+                                     f"{', '.join(EMOTIONS)}")
+            if used in aliases:
+                raise ValueError(f"emotion_aliases: {asked!r} -> {used!r}, which is aliased itself")
+            table[EMOTIONS.index(asked)] = EMOTIONS.index(used)
+        return table
+
+    def resolved_emotion(self, name: str) -> str:
+        """The emotion whose embedding row `name` reads (itself unless `emotion_aliases` maps it)."""
+        return (self.config.emotion_aliases or {}).get(name, name)
+
     # -- forward --------------------------------------------------------------------------------------------------
 
     def forward(
@@ -576,14 +638,19 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             else:
                 identity = self.identity_encoder((identity_landmarks.flatten(1) - 0.5) * 2.0)  # roughly [-1, 1] in
                 unit = 1.0
-            emotion = self.emotion_embedding(emotion_labels)
+            emotion = self.emotion_embedding(self._alias_table.to(emotion_labels.device)[emotion_labels])
+            if self.config.emotion_head:
+                # The speech motion (the KAN) always reads the null row; the emotion enters through the branch.
+                kan_emotion = self.emotion_embedding.weight[self.config.num_emotions].expand(batch, -1)
+            else:
+                kan_emotion = emotion
 
             fused = torch.cat(
                 [
                     global_features,
                     context_features,
                     identity[:, None].expand(-1, num_frames, -1),
-                    emotion[:, None].expand(-1, num_frames, -1),
+                    kan_emotion[:, None].expand(-1, num_frames, -1),
                 ],
                 dim=-1,
             )
@@ -592,6 +659,17 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             self.fusion_kan.cache_data = None
             self.fusion_kan.acts = None
 
+            if self.config.emotion_head:
+                head_in = [emotion[:, None].expand(-1, num_frames, -1), identity[:, None].expand(-1, num_frames, -1)]
+                if self.config.emotion_head_audio:
+                    head_in.append(global_features)
+                residual = self.emotion_residual(torch.cat(head_in, dim=-1))
+                if self.config.emotion_head_relative:
+                    neutral = self.emotion_embedding.weight[EMOTIONS.index("neutral")].expand(batch, -1)
+                    base_in = [neutral[:, None].expand(-1, num_frames, -1)] + head_in[1:]
+                    residual = residual - self.emotion_residual(torch.cat(base_in, dim=-1))
+                has_emotion = (emotion_labels != self.config.num_emotions).to(residual.dtype)
+                out = out + (residual * has_emotion[:, None, None]).reshape(batch * num_frames, -1)
             displacements = out.reshape(batch, num_frames, self.config.num_landmarks, 2)
             displacements = displacements * (self.config.displacement_scale * unit)
             landmarks = identity_landmarks[:, None] + displacements

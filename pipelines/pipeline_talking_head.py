@@ -31,7 +31,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers import DiffusionPipeline
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
 from diffusers.utils.torch_utils import randn_tensor
 
 from talking_head.audio import load_audio
@@ -45,6 +45,8 @@ from talking_head.models.mask_noise import gaussian_blur
 from talking_head.mouth_box import BoxTrack, MouthBox, feather, follow_face
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, sdedit_timesteps, validate_t_start
 
+logger = logging.get_logger(__name__)  # diffusers' logger: warnings show by default
+
 
 @dataclass
 class TalkingHeadPipelineOutput(BaseOutput):
@@ -56,7 +58,8 @@ class TalkingHeadPipelineOutput(BaseOutput):
         (capped by `max_size`), or the face crop's with `output_crop=True`.
     landmarks: (B, F, 68, 2) float32, (x, y) in pixels of the output frame.
     emotion: B emotion names (predicted, or the one given).
-    emotion_probs: (B, 8) classifier probabilities, or None when `emotion` was given.
+    emotion_probs: (B, 8) probabilities the classifier heard (also when `emotion` was given), or None
+        without a classifier.
     fps: frames per second of `frames`.
     audio: (B, S) float32 16 kHz mono audio that drove the video.
     sample_rate: the rate of `audio` (16000).
@@ -91,6 +94,14 @@ def unet_input(noisy: torch.Tensor, context: torch.Tensor, mask: torch.Tensor, h
     reference = reference[:, :, None].expand(-1, -1, frames, -1, -1)
     return torch.cat([noisy, context.to(noisy.dtype), mask.to(noisy.dtype), heatmaps.to(noisy.dtype),
                       reference.to(noisy.dtype)], dim=1)
+
+
+def check_emotion_scale(emotion_scale) -> float:
+    """`emotion_scale` as a float, or one ValueError: it must be a finite number >= 0."""
+    if not (_is_number(emotion_scale) and math.isfinite(float(emotion_scale)) and float(emotion_scale) >= 0):
+        raise ValueError(f"emotion_scale must be a finite number >= 0 (0 = neutral, 1 = as learned, > 1 = "
+                         f"exaggerated), got {emotion_scale!r}")
+    return float(emotion_scale)
 
 
 def _as_list(x):
@@ -218,6 +229,10 @@ class TalkingHeadPipeline(DiffusionPipeline):
             (mean absolute difference, pixel range [-1, 1], after a small blur), the frame's own full-resolution
             pixels are kept instead of the 64² box upscaled: skin that did not move stays sharp, only what
             changed (lips, teeth, jaw) is drawn. 0 blends the whole region in.
+        unet_emotion_conditioning: whether the renderer's class input learned the emotions. False (the bundled
+            pipeline: its UNet was trained on unlabelled video, so only its null-class row is trained): the UNet
+            always gets the null class and the emotion reaches the face only through the landmarks (the landmark
+            model's emotion input, `emotion_scale`); `guidance_scale` then has nothing to guide.
     """
 
     model_cpu_offload_seq = "emotion_classifier->landmark_model->unet"
@@ -226,13 +241,15 @@ class TalkingHeadPipeline(DiffusionPipeline):
 
     def __init__(self, unet, scheduler, landmark_model, mask_noise, emotion_classifier=None,
                  feature_extractor=None, clip_frames: int = 16, clip_overlap: int = 4,
-                 landmark_chunk_frames: int = 250, keep_threshold: float = 0.1):
+                 landmark_chunk_frames: int = 250, keep_threshold: float = 0.1,
+                 unet_emotion_conditioning: bool = True):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, landmark_model=landmark_model,
                               mask_noise=mask_noise, emotion_classifier=emotion_classifier,
                               feature_extractor=feature_extractor)
         self.register_to_config(clip_frames=clip_frames, clip_overlap=clip_overlap,
-                                landmark_chunk_frames=landmark_chunk_frames, keep_threshold=keep_threshold)
+                                landmark_chunk_frames=landmark_chunk_frames, keep_threshold=keep_threshold,
+                                unet_emotion_conditioning=unet_emotion_conditioning)
         self.check_components()
 
     # ------------------------------------------------------------------ checks
@@ -246,6 +263,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
         keep = cfg.keep_threshold
         if not (_is_number(keep) and math.isfinite(keep) and 0 <= keep <= 2):
             raise ValueError(f"keep_threshold must be a number in [0, 2], got {keep!r}")
+        if not isinstance(cfg.unet_emotion_conditioning, bool):
+            raise ValueError(f"unet_emotion_conditioning must be true or false, got {cfg.unet_emotion_conditioning!r}")
         if not (isinstance(cfg.landmark_chunk_frames, int) and cfg.landmark_chunk_frames >= 1):
             raise ValueError(f"landmark_chunk_frames must be an integer >= 1, got {cfg.landmark_chunk_frames!r}")
         unet = self.unet
@@ -293,6 +312,14 @@ class TalkingHeadPipeline(DiffusionPipeline):
             raise ValueError(f"{path} is not a pipeline directory: it has no model_index.json")
         index = _read_json_object(path / "model_index.json")
         listed = {k: v for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is not None}
+        # The emotion classifier is optional: a pipeline whose classifier folder was removed (e.g. to drop the
+        # RAVDESS-trained model's non-commercial licence) loads without it and uses the given emotion or none.
+        if any(name in listed and not (path / name).is_dir() for name in cls._optional_components):
+            logger.warning(f"{path} has no emotion classifier folder: loading without a classifier (the emotion "
+                           "is the one you pass, else none)")
+            for name in cls._optional_components:
+                listed.pop(name, None)
+                kwargs.setdefault(name, None)
         weights = {}
         for name in sorted({"unet", "scheduler", "landmark_model", "mask_noise"} | set(listed)):
             folder = path / name
@@ -384,16 +411,21 @@ class TalkingHeadPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def predict_landmarks(self, waveforms: torch.Tensor, identity_landmarks: torch.Tensor, num_frames: int,
-                          fps: float, emotion_labels: torch.Tensor) -> torch.Tensor:
+                          fps: float, emotion_labels: torch.Tensor, emotion_scale: float = 1.0) -> torch.Tensor:
         """(B, F, 68, 2) landmarks normalised to the face crop, in chunks of `landmark_chunk_frames`."""
-        return torch.cat(list(self.landmark_chunks(waveforms, identity_landmarks, num_frames, fps, emotion_labels)),
-                         dim=1)
+        return torch.cat(list(self.landmark_chunks(waveforms, identity_landmarks, num_frames, fps, emotion_labels,
+                                                   emotion_scale=emotion_scale)), dim=1)
 
     @torch.no_grad()
     def landmark_chunks(self, waveforms: torch.Tensor, identity_landmarks: torch.Tensor, num_frames: int,
-                        fps: float, emotion_labels: torch.Tensor, first: int | None = None):
+                        fps: float, emotion_labels: torch.Tensor, first: int | None = None,
+                        emotion_scale: float = 1.0):
         """Yields the landmarks of consecutive frames, (B, n, 68, 2) normalised to the face crop: the first
         `first` frames (default: a whole chunk), then chunks of `landmark_chunk_frames`.
+
+        `emotion_scale` s: landmarks = neutral + s * (emotion - neutral), the landmark model's predictions with
+        the neutral class and with each item's emotion (0 = the neutral class's exactly, 1 = as learned, > 1
+        exaggerated). Items asking for no emotion (the null class) or neutral are not scaled.
 
         Each chunk sees one second of audio beyond each of its ends, so a chunk's edge frames have the same
         context as inside one long call. A generator: the pipeline predicts a chunk when the renderer needs it.
@@ -411,6 +443,13 @@ class TalkingHeadPipeline(DiffusionPipeline):
             piece = waveforms[:, s0:s1]
             pred = model(piece.to(device), identity_landmarks.to(device), num_frames=a1 - a0, fps=fps,
                          emotion_labels=emotion_labels.to(device)).landmarks
+            scaled = (emotion_labels != NULL_EMOTION) & (emotion_labels != EMOTIONS.index("neutral"))
+            if float(emotion_scale) != 1.0 and bool(scaled.any()):
+                neutral = torch.full_like(emotion_labels, EMOTIONS.index("neutral"))
+                base = model(piece.to(device), identity_landmarks.to(device), num_frames=a1 - a0, fps=fps,
+                             emotion_labels=neutral.to(device)).landmarks
+                mixed = base + float(emotion_scale) * (pred - base)
+                pred = torch.where(scaled.to(device)[:, None, None, None], mixed, pred)
             yield pred[:, f0 - a0: f1 - a0].float().cpu()
             f0 = f1
 
@@ -494,6 +533,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
         frames_callback_dtype: str = "float32",
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        emotion_scale: float = 1.0,
     ):
         r"""Generate a talking-head video of the photo: its lower face moves with the speech, all else is kept.
 
@@ -517,6 +557,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
             num_inference_steps: denoising steps between t_start and 0; None = one per
                 timestep (300 DDPM steps). Use 1-10 with DPM-Solver or DDIM.
             guidance_scale: classifier-free guidance on the emotion class; 1 = off.
+            emotion_scale: how much of the emotion the landmarks show: landmarks = neutral + emotion_scale *
+                (emotion - neutral), from the landmark model with the neutral class and with the emotion;
+                0 = neutral, 1 = as learned (default), > 1 = exaggerated. A finite number >= 0.
             fps: video frame rate. The frame count is round(duration * fps).
             sample_rate: the rate of an array/tensor `audio`.
             identity_landmarks: (68, 2) pixel landmarks of `identity_frame` (per item
@@ -552,6 +595,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
         for m in modules:
             m.eval()
         try:
+            check_emotion_scale(emotion_scale)
             self.check_inputs(audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
                               sample_rate, output_type, identity_landmarks, callback_on_step_end_tensor_inputs,
                               max_size)
@@ -561,7 +605,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
                                   float(fps), sample_rate, identity_landmarks, landmarks, crop_face, int(max_size),
                                   bool(output_crop), reference_frame, generator, output_type, return_dict,
                                   frames_callback, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                  frames_callback_dtype)
+                                  frames_callback_dtype, emotion_scale=float(emotion_scale))
         finally:
             for m, mode in zip(modules, modes):
                 m.train(mode)
@@ -569,7 +613,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
     def _generate(self, audio, identity_frame, emotion, t_start, num_inference_steps, guidance_scale, fps,
                   sample_rate, identity_landmarks, landmarks, crop_face, max_size, output_crop, reference_frame,
                   generator, output_type, return_dict, frames_callback, callback_on_step_end,
-                  callback_on_step_end_tensor_inputs, frames_callback_dtype="float32"):
+                  callback_on_step_end_tensor_inputs, frames_callback_dtype="float32", emotion_scale: float = 1.0):
         # 1. Audio -> 16 kHz mono; one frame count for the batch.
         waves, wave_batch, num_frames = self._load_audio(audio, sample_rate, fps)
         batch = len(waves)
@@ -585,7 +629,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
             #    Predicted landmarks are made chunk by chunk as the clips need them (talking_head.landmark_stream).
             views = [_OutputView(src.photo(src.reference), output_crop, max_size) for src in sources]
             if landmarks is None:
-                points = self._predicted_landmarks(sources, wave_batch, num_frames, fps, labels)
+                self._warn_untrained_emotions(names)
+                points = self._predicted_landmarks(sources, wave_batch, num_frames, fps, labels, emotion_scale)
             else:
                 points = LandmarkStream.given(self._given_landmarks(landmarks, batch, num_frames, views))
             # 5. Render the lower face clip by clip and composite it into the frames.
@@ -664,7 +709,23 @@ class TalkingHeadPipeline(DiffusionPipeline):
         photos = photos * batch if len(photos) == 1 and batch > 1 else photos
         return [StillIdentity(p) for p in photos]
 
-    def _predicted_landmarks(self, sources, wave_batch, num_frames, fps, labels) -> LandmarkStream:
+    def _warn_untrained_emotions(self, names) -> None:
+        """Log what happens to an emotion the landmark model did not learn (an alias, or an untrained row)."""
+        config = self.landmark_model.config
+        trained = getattr(config, "trained_emotions", None)
+        aliases = getattr(config, "emotion_aliases", None) or {}
+        for name in sorted(set(names) - {NO_EMOTION}):
+            if name in aliases:
+                logger.warning(f"the landmark model learned no {name!r} (its training data had none); it shows "
+                               f"{aliases[name]!r} instead")
+            elif trained is not None and name not in trained:
+                logger.warning(f"the landmark model learned no {name!r}; its emotion input for it is untrained")
+            elif trained is None:
+                logger.warning(f"this landmark model records no trained emotions (it learned the null class only); "
+                               f"emotion {name!r} may not show in the face")
+
+    def _predicted_landmarks(self, sources, wave_batch, num_frames, fps, labels,
+                             emotion_scale: float = 1.0) -> LandmarkStream:
         """The landmark model's landmarks, in pixels of each output frame's identity frame, as a stream: its
         displacements from the reference's landmarks, applied to each frame's own face (`follow_face`)."""
         refs = [src.photo(src.reference) for src in sources]
@@ -672,7 +733,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
         # A short first chunk: the first clip starts after a fraction of a second of landmark model, not after
         # the whole first chunk.
         first = FIRST_LANDMARK_CHUNK_CLIPS * int(self.config.clip_frames)
-        chunks = self.landmark_chunks(wave_batch, ident, num_frames, fps, labels, first=first)
+        chunks = self.landmark_chunks(wave_batch, ident, num_frames, fps, labels, first=first,
+                                      emotion_scale=emotion_scale)
 
         def on_frames():
             start = 0
@@ -683,12 +745,14 @@ class TalkingHeadPipeline(DiffusionPipeline):
         return LandmarkStream(num_frames, on_frames())
 
     def _emotions(self, emotion, waves, batch):
+        """(names to render, the classifier's probabilities or None): the caller's emotion wins over what the
+        classifier heard; the classifier still reports it (a bounded number of windows, whatever the length)."""
+        probs = self.classify_emotion(waves) if self.emotion_classifier is not None else None
         if emotion is not None:
             names = [n.strip().lower() for n in _as_list(emotion)]
-            return (names * batch if len(names) == 1 else names), None
-        if self.emotion_classifier is None:
+            return (names * batch if len(names) == 1 else names), probs
+        if probs is None:
             return [NO_EMOTION] * batch, None
-        probs = self.classify_emotion(waves)
         return [EMOTIONS[int(k)] for k in probs.argmax(axis=1)], probs
 
     def _render(self, sources, points, labels, t_start, num_inference_steps, guidance_scale, generator,
@@ -711,6 +775,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
         schedule = ClipSchedule(num_frames, self.config.clip_frames, self.config.clip_overlap)
         steps = len(sdedit_timesteps(self.scheduler, t_start, num_inference_steps))
         labels = labels.to(device)
+        if not self.config.unet_emotion_conditioning:
+            # The renderer learned only the null class: the emotion reaches the face through the landmarks.
+            labels = torch.full_like(labels, NULL_EMOTION)
         with self.progress_bar(total=len(schedule.starts) * steps) as progress_bar:
             for start in schedule.starts:
                 frames = range(start, start + schedule.length)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -132,12 +133,14 @@ def test_demo_renders_the_bundled_person_with_the_bundled_pipeline(tmp_path, cap
 
     assets = _assets_dir()
     pipe = TalkingHeadPipeline.from_pretrained(assets / "pipeline")
-    assert pipe.emotion_classifier is None and pipe.sample_size == 64
+    assert pipe.emotion_classifier is not None and pipe.sample_size == 64
+    assert pipe.config.unet_emotion_conditioning is False  # the renderer learned only the null class
     out = tmp_path / "demo.mp4"
     assert main(["demo", "--output", str(out)]) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     assert "UNTRAINED" not in captured.err
-    assert "emotion none (the pipeline has no emotion classifier)" in captured.out
+    # The CLI says what the classifier heard and what it rendered.
+    assert re.search(r"emotion: detected: [a-z]+ \(0\.\d\d\); rendered: [a-z]+\n", captured.out), captured.out
     info = probe_media(out)
     # The bundled photo is a whole 1280x720 frame: the MP4 is that photo, capped at 1024 on the long side.
     assert info["has_video"] and info["has_audio"] and info["video_size"] == (1024, 576)

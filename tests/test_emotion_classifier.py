@@ -1,5 +1,6 @@
 """The emotion classifier: labels in the project's order, save / load, prediction on clips of any length,
-trainable from scratch, bfloat16, local checkpoints, and input errors."""
+trainable from scratch, bfloat16, local checkpoints, and input errors; for the waveform Conformer family
+here, the log-mel family (the shipped one) in test_emotion_logmel.py."""
 
 import numpy as np
 import pytest
@@ -25,12 +26,12 @@ SR = 16000
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_emotion_classifier("tiny").eval()
+    return build_emotion_classifier("conformer-tiny").eval()
 
 
 @pytest.fixture(scope="module")
-def extractor():
-    return build_emotion_feature_extractor()
+def extractor(model):
+    return build_emotion_feature_extractor(model)
 
 
 def logits_of(model, extractor, waves):
@@ -46,7 +47,7 @@ def test_labels_are_the_project_emotions(model):
     assert model.config.num_labels == 8
     assert model.classifier.out_features == 8
     # The larger presets are configs of the same family (built here as configs only: they are big).
-    for preset in ("small", "paper"):
+    for preset in ("conformer-small", "paper"):
         config = emotion_classifier_config(preset)
         assert config.hidden_size == EMOTION_CLASSIFIER_PRESETS[preset]["hidden_size"]
         assert config.id2label == model.config.id2label
@@ -56,10 +57,10 @@ def test_config_errors():
     with pytest.raises(ValueError, match="preset"):
         emotion_classifier_config("huge")
     with pytest.raises(ValueError, match="unknown"):
-        emotion_classifier_config("tiny", hiden_size=8)
+        emotion_classifier_config("conformer-tiny", hiden_size=8)
     with pytest.raises(ValueError, match="EMOTIONS"):
-        emotion_classifier_config("tiny", num_labels=3)
-    assert emotion_classifier_config("tiny", num_hidden_layers=1).num_hidden_layers == 1
+        emotion_classifier_config("conformer-tiny", num_labels=3)
+    assert emotion_classifier_config("conformer-tiny", num_hidden_layers=1).num_hidden_layers == 1
 
 
 def test_save_load_round_trip(model, extractor, tmp_path):
@@ -108,7 +109,7 @@ def test_long_audio_is_scored_in_windows(model, extractor):
 
 
 def test_predict_restores_training_mode(extractor):
-    model = build_emotion_classifier("tiny").train()
+    model = build_emotion_classifier("conformer-tiny").train()
     predict_emotion(model, extractor, [voice_like(0.2)])
     assert model.training
 
@@ -124,8 +125,8 @@ def test_trainable_from_scratch():
         for i in range(8)
     ]
     labels = torch.tensor([i % 2 for i in range(8)])
-    model = build_emotion_classifier("tiny")
-    features = build_emotion_feature_extractor()(waves, sampling_rate=SR, return_tensors="pt")
+    model = build_emotion_classifier("conformer-tiny")
+    features = build_emotion_feature_extractor(model)(waves, sampling_rate=SR, return_tensors="pt")
 
     def eval_loss():
         model.eval()
@@ -145,7 +146,7 @@ def test_trainable_from_scratch():
 
 def test_runs_in_bfloat16(extractor):
     torch.manual_seed(0)
-    model = build_emotion_classifier("tiny").to(torch.bfloat16)
+    model = build_emotion_classifier("conformer-tiny").to(torch.bfloat16)
     assert model.dtype == torch.bfloat16
     probs = predict_emotion(model, extractor, [voice_like(0.5), voice_like(0.3)])
     assert probs.dtype == torch.float32 and torch.isfinite(probs).all()
@@ -154,7 +155,7 @@ def test_runs_in_bfloat16(extractor):
 
 def test_load_from_local_backbone_and_label_checks(extractor, tmp_path):
     # A pretrained backbone with generic labels gets the emotion labels and a fresh head.
-    backbone_config = Wav2Vec2ConformerConfig(**EMOTION_CLASSIFIER_PRESETS["tiny"], feat_extract_norm="layer")
+    backbone_config = Wav2Vec2ConformerConfig(**EMOTION_CLASSIFIER_PRESETS["conformer-tiny"], feat_extract_norm="layer")
     torch.manual_seed(1)
     backbone = Wav2Vec2ConformerModel(backbone_config)
     backbone.save_pretrained(tmp_path / "backbone")
@@ -167,7 +168,7 @@ def test_load_from_local_backbone_and_label_checks(extractor, tmp_path):
 
     # A classifier trained on other labels is refused rather than silently mislabelled.
     other = Wav2Vec2ConformerForSequenceClassification(
-        Wav2Vec2ConformerConfig(**EMOTION_CLASSIFIER_PRESETS["tiny"], id2label={0: "positive", 1: "negative"})
+        Wav2Vec2ConformerConfig(**EMOTION_CLASSIFIER_PRESETS["conformer-tiny"], id2label={0: "positive", 1: "negative"})
     )
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="positive"):

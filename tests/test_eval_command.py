@@ -46,9 +46,12 @@ def synth(tmp_path_factory):
                                   test_clips_per_emotion=1, seconds=0.32, size=64)
     emo = make_synthetic_emotion_audio(root / "emo", num_speakers=2, utterances_per_emotion=1, seconds=0.5,
                                        test_speakers=1)
+    # A second corpus with fewer classes, for the cross-corpus scoring.
+    cross = make_synthetic_emotion_audio(root / "cross", num_speakers=2, utterances_per_emotion=1, seconds=0.5,
+                                         emotions=("neutral", "angry", "sad"), seed=3)
     pipe = build_pipeline("tiny", sample_size=SIZE, seed=0)
     save_pipeline_atomic(pipe, root / "pipe")
-    return {"root": root, "data": data, "emo": emo, "pipe": root / "pipe"}
+    return {"root": root, "data": data, "emo": emo, "cross": cross, "pipe": root / "pipe"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,8 @@ def report(synth):
     out = synth["root"] / "report"
     args = parse(["evaluate", "--pipeline", str(synth["pipe"]), "--data", str(synth["data"]), "--output", str(out),
                   "--sampler", "ddpm:2", "--t-start", "100,300", "--scheduler", "ddpm:2,dpm:2",
-                  "--emotion-data", str(synth["emo"]), "--samples", "1", "--quiet"])
+                  "--emotion-data", str(synth["emo"]), "--emotion-cross-corpus", str(synth["cross"]),
+                  "--samples", "1", "--quiet"])
     assert args.handler(args) == 0
     return out, strict_json(out / "metrics.json")
 
@@ -140,6 +144,12 @@ def test_emotion_classifier_scores(report):
     assert e["n"] == 8 and e["speakers"] == ["02"]  # the held-out speaker, one utterance per class
     assert 0 <= e["accuracy"] <= 1 and np.array(e["confusion"]).sum() == 8
     assert set(e["per_class_recall"]) == set(e["labels"]) and e["support"]["neutral"] == 1
+    # Cross-corpus: all of the other corpus (both speakers), predictions among its three classes only.
+    x = e["cross_corpus"]
+    assert x["n"] == 6 and x["split"] == "all" and x["classes"] == ["neutral", "angry", "sad"]
+    assert {item["predicted"] for item in x["items"]} <= {"neutral", "angry", "sad"}
+    text = (out / "report.md").read_text()
+    assert "### Cross-corpus" in text and (out / "emotion_confusion_cross_corpus.png").is_file()
 
 
 def test_sample_videos(report):

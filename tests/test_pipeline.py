@@ -108,7 +108,9 @@ def test_save_load_round_trip_gives_identical_output(pipe, identity, tmp_path):
 
 def test_emotion_override_and_guidance(pipe, identity):
     out = run(pipe, identity, emotion="happy")
-    assert out.emotion == ["happy"] and out.emotion_probs is None
+    # The caller's emotion is rendered; what the classifier heard is still reported.
+    assert out.emotion == ["happy"] and out.emotion_probs.shape == (1, 8)
+    np.testing.assert_allclose(out.emotion_probs.sum(), 1, rtol=1e-5)
     out = run(pipe, identity, emotion="Sad", guidance_scale=3.0)
     assert out.emotion == ["sad"]
 
@@ -331,6 +333,17 @@ def test_pipeline_without_classifier_uses_the_null_class(identity, tmp_path):
         run(p, identity, emotion="calm")
     loaded = TalkingHeadPipeline.from_pretrained(save_pipeline_atomic(p, tmp_path / "noclf"))
     assert loaded.emotion_classifier is None
+
+
+def test_pipeline_whose_classifier_folder_was_removed_loads_without_it(pipe, identity, tmp_path):
+    import shutil
+
+    folder = save_pipeline_atomic(pipe, tmp_path / "p")
+    shutil.rmtree(folder / "emotion_classifier")
+    loaded = TalkingHeadPipeline.from_pretrained(folder)
+    assert loaded.emotion_classifier is None and loaded.feature_extractor is None
+    loaded.set_progress_bar_config(disable=True)
+    assert run(loaded, identity).emotion == ["none"]
 
 
 def test_given_landmarks_drive_the_video(pipe, identity):

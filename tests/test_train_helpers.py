@@ -269,7 +269,7 @@ def test_emotion_loss_falls_on_a_fixed_batch():
     assert train_emotion.class_weights(np.array([10, 0, 0, 0, 0, 30, 0, 0]), "none").tolist() == [1, 0, 0, 0, 0, 1, 0, 0]
 
     torch.manual_seed(0)
-    model = build_emotion_classifier("tiny", layerdrop=0.0, mask_time_prob=0.0, hidden_dropout=0.0,
+    model = build_emotion_classifier("conformer-tiny", layerdrop=0.0, mask_time_prob=0.0, hidden_dropout=0.0,
                                      attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0,
                                      final_dropout=0.0)
     rng = np.random.default_rng(0)
@@ -277,7 +277,7 @@ def test_emotion_loss_falls_on_a_fixed_batch():
     items = [{"audio": torch.from_numpy((np.sin(2 * np.pi * f * t) * 0.3 + 0.01 * rng.standard_normal(8000))
                                         .astype(np.float32)),
               "label": torch.tensor(c), "clip_id": str(c), "speaker": "s"} for f, c in ((150, 0), (400, 5), (900, 1))]
-    batch = train_emotion.collate_emotion(items, build_emotion_feature_extractor())
+    batch = train_emotion.collate_emotion(items, build_emotion_feature_extractor(model))
     assert batch["input_values"].shape == (3, 8000) and batch["attention_mask"].all()
     losses = _train(model.parameters(), lambda: F.cross_entropy(
         model(batch["input_values"], attention_mask=batch["attention_mask"]).logits, batch["labels"]), 25, 3e-3)

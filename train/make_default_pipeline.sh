@@ -30,10 +30,16 @@ mkdir -p "$WORK"
 [ -f "$WORK/data/grid_speakers/dataset.json" ] || \
     $TH prepare video $(ls "$SHARED"/talking/grid/speakers/*.mpg | grep -v bbaf2n) --split test \
         --speaker grid_other --output "$WORK/data/grid_speakers" --workers 1
+#    Emotion (issue 16): CREMA-D faces (split by actor) for the landmark model's emotions, RAVDESS speech (split by
+#    speaker) for the audio classifier.
+[ -f "$WORK/data/cremad/dataset.json" ] || \
+    $TH prepare cremad "$SHARED/emotion/cremad_faces" --output "$WORK/data/cremad" --workers 1
+[ -f "$WORK/data/ravdess/dataset.json" ] || \
+    $TH prepare emotion-audio "$SHARED/emotion/ravdess16k" --output "$WORK/data/ravdess"
 
 # 2. The two models. The landmark run is independent of the diffusion run (which trains on ground-truth
 #    landmarks), so they run at once, one thread each (two OpenMP threads on a shared 2-core machine made the
-#    diffusion run 3x slower). No emotion classifier ships (assets/README.md says why).
+#    diffusion run 3x slower). The emotion stages (2b) follow.
 # The landmark model on the dev identity + GRID s1 (docs/results/lip-motion/: attempt a9), ~11 min on one core.
 [ -f "$WORK/landmarks/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/obama" --extra_data_dir "$WORK/data/grid" \
@@ -53,20 +59,43 @@ mkdir -p "$WORK"
         --resume_from_checkpoint latest &
 wait
 
-# 3. Assemble: the diffusion run's pipeline with the trained landmark model and no emotion classifier
-#    (the UNet learned only the null class from the unlabelled video; see assets/README.md).
+# 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
+#     (docs/results/emotion-face/: attempt e6, ~6 min), and the audio emotion classifier on RAVDESS actors 01-10
+#     with early stopping on 11-12 (docs/results/emotion-classifier/: run2, ~22 min), one thread each, at once.
+[ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
+    $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
+        --output_dir "$WORK/landmarks_emotion" --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
+        --checkpointing_steps 100000 --report_to none --audio_context_frames 6 --pose_align --reference same_clip \
+        --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
+        --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 \
+        --emotion_aliases contempt=disgusted,surprised=fear --neutral_reference --p_uncond 0 \
+        --train_only emotion_embedding,emotion_residual --freeze_null_emotion --domain_bias \
+        --model_kwargs '{"emotion_head": true, "emotion_head_relative": true}' &
+[ -f "$WORK/emotion/emotion_classifier/config.json" ] || \
+    $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion" --preset small \
+        --max_train_steps 3000 --learning_rate 2e-3 --validation_steps 250 --checkpointing_steps 500 \
+        --early_stopping_patience 5 --report_to none --seed 0 &
+wait
+
+# 3. Assemble: the diffusion run's pipeline with the trained landmark model (with its emotions) and the emotion
+#    classifier; the UNet learned only the null class from the unlabelled video, and the pipeline's config says so
+#    (unet_emotion_conditioning false: the emotion reaches the face through the landmarks; see assets/README.md).
 $PY - "$WORK" <<'EOF'
 import sys
 from pathlib import Path
 
+from talking_head.models.emotion_classifier import load_emotion_classifier, load_emotion_feature_extractor
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel
 from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 from talking_head.utils import save_pipeline_atomic
 
 work = Path(sys.argv[1])
 pipe = TalkingHeadPipeline.from_pretrained(work / "diffusion" / "pipeline")
-pipe.landmark_model = KFusionLandmarkModel.from_pretrained(work / "landmarks" / "landmark_model")
-pipe.emotion_classifier, pipe.feature_extractor = None, None
+pipe.landmark_model = KFusionLandmarkModel.from_pretrained(work / "landmarks_emotion" / "landmark_model")
+classifier = load_emotion_classifier(work / "emotion" / "emotion_classifier")
+extractor = load_emotion_feature_extractor(work / "emotion" / "emotion_classifier", classifier)
+pipe.register_modules(emotion_classifier=classifier, feature_extractor=extractor)
+pipe.register_to_config(unet_emotion_conditioning=False)
 save_pipeline_atomic(pipe, work / "pipeline")
 print(f"assembled {work / 'pipeline'}")
 EOF

@@ -43,6 +43,20 @@ def _assets_dir() -> Path:
 DEMO_SAMPLER, DEMO_STEPS = "dpm", 10
 
 
+def _emotion_scale_arg(text: str) -> float:
+    """--emotion-scale: a finite number >= 0 (the pipeline's emotion_scale)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"emotion_scale must be a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"emotion_scale must be a finite number >= 0 (0 = neutral, 1 = as "
+                                         f"learned, > 1 = exaggerated), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="talking-head", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--emotion", choices=[*EMOTIONS, NO_EMOTION], default=None,
                        help="emotion to show (default: detected from the audio by the pipeline's classifier; "
                             "none, the unconditional output, when it has none)")
+        p.add_argument("--emotion-scale", type=_emotion_scale_arg, default=1.0,
+                       help="how much of the emotion the face shows: 0 = neutral, 1 = as learned (default), "
+                            "> 1 = exaggerated (the landmark model's emotion minus its neutral, scaled)")
         p.add_argument("--t-start", type=positive_int, default=300, help="SDEdit start timestep (paper: 300)")
         p.add_argument("--steps", type=positive_int, default=None if name == "generate" else DEMO_STEPS,
                        help="denoising steps (default: t-start for ddpm, 25 for dpm, 50 for ddim"
@@ -168,6 +185,7 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
     with VideoWriter(out_path, fps=args.fps, audio=waveform, min_size=min_size) as writer:
         result = pipe(waveform, identity, sample_rate=16000, emotion=args.emotion, t_start=args.t_start,
                       num_inference_steps=steps, guidance_scale=args.guidance_scale, fps=args.fps,
+                      emotion_scale=getattr(args, "emotion_scale", 1.0),
                       max_size=args.max_size, output_crop=args.crop, generator=generator, output_type=None,
                       reference_frame=getattr(args, "reference_frame", None),
                       frames_callback=write, frames_callback_dtype="uint8")
@@ -175,12 +193,13 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
         live.done()
     seconds = time.perf_counter() - started
     frames = result.landmarks.shape[1]
-    if args.emotion:
-        how = "given"
-    elif result.emotion_probs is None:
-        how = "the pipeline has no emotion classifier"
+    if result.emotion_probs is None:
+        heard = "no emotion classifier"
     else:
-        how = f"detected, p={float(np.max(result.emotion_probs)):.2f}"
+        probs = np.asarray(result.emotion_probs)[0]
+        heard = f"detected: {EMOTIONS[int(np.argmax(probs))]} ({float(np.max(probs)):.2f})"
+    print(f"emotion: {heard}; rendered: {result.emotion[0]}" + (" (given)" if args.emotion else ""))
+    how = "given" if args.emotion else ("detected" if result.emotion_probs is not None else "no classifier")
     height, width = writer.frame_size or (0, 0)
     print(f"wrote {out_path}: {frames} frames of {width}x{height} at {args.fps:g} fps ({frames / args.fps:.2f} s), "
           f"emotion {result.emotion[0]} ({how}), {seconds:.1f} s on {device}"

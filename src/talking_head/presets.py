@@ -39,6 +39,6 @@ def build_pipeline(preset: str = "tiny", sample_size: int | None = None, seed: i
                                        layers_per_block=spec["layers_per_block"])
     landmark_model = KFusionLandmarkModel()
     classifier = build_emotion_classifier(spec["emotion"]) if with_emotion_classifier else None
-    extractor = build_emotion_feature_extractor() if with_emotion_classifier else None
+    extractor = build_emotion_feature_extractor(classifier) if with_emotion_classifier else None
     return TalkingHeadPipeline(unet=unet, scheduler=default_ddpm_scheduler(), landmark_model=landmark_model,
                                mask_noise=mask_noise, emotion_classifier=classifier, feature_extractor=extractor)

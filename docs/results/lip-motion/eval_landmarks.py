@@ -30,6 +30,9 @@ class _LandmarkOnlyPipe:
     def predict_landmarks(self, *args):
         return TalkingHeadPipeline.predict_landmarks(self, *args)
 
+    def landmark_chunks(self, *args, **kwargs):
+        return TalkingHeadPipeline.landmark_chunks(self, *args, **kwargs)
+
 
 def score(model, data, split="test"):
     ev = Evaluation(EvalConfig(data=data, split=split, quiet=True), pipe=_LandmarkOnlyPipe(model))

@@ -4,6 +4,7 @@
                                         [--split time|file|test]
     talking-head prepare mead ROOT --output DIR [--speakers M030,M031] [--view front]
     talking-head prepare emotion-audio ROOT --output DIR [--test-speakers 13,14,15,16]
+    talking-head prepare cremad ROOT --output DIR [--test-speakers 1076,1077] [--size 128]
 
 Sources and clip ids: see talking_head.data.sources. The on-disk layout and the
 manifest fields: see talking_head.data.layout. How one video is processed
@@ -94,6 +95,7 @@ from talking_head.data.process import (
 from talking_head.data.sources import (
     AUDIO_EXTS,
     VIDEO_EXTS,
+    cremad_jobs,
     emotion_audio_jobs,
     file_stamp,
     mead_jobs,
@@ -634,7 +636,7 @@ def _fraction(text):
 
 
 def add_prepare_parser(sub) -> argparse.ArgumentParser:
-    """Register `prepare {video,mead,emotion-audio}` on the CLI's subparsers."""
+    """Register `prepare {video,mead,emotion-audio,cremad}` on the CLI's subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output", required=True, help="prepared dataset folder (created; re-runs resume)")
     common.add_argument("--workers", type=whole_number(1), default=min(2, os.cpu_count() or 1),
@@ -655,7 +657,7 @@ def add_prepare_parser(sub) -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="turn videos, MEAD or emotion-labelled speech into a prepared dataset",
                        description=__doc__.split("\n\n")[0])
-    src = p.add_subparsers(dest="source", required=True, metavar="{video,mead,emotion-audio}")
+    src = p.add_subparsers(dest="source", required=True, metavar="{video,mead,emotion-audio,cremad}")
 
     v = src.add_parser("video", parents=[common, vid],
                        help="video files of one person (90/10 split by time, or whole files: --split)")
@@ -687,6 +689,14 @@ def add_prepare_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--calm", choices=["skip", "neutral"], default="skip",
                    help="RAVDESS 'calm' has no MEAD class: skip it (default) or label it neutral")
     e.set_defaults(handler=cmd_prepare)
+
+    c = src.add_parser("cremad", parents=[common, vid],
+                       help="CREMA-D face clips <actor>_<sentence>_<EMO>_<level>.mp4 (emotion from the name, split "
+                            "by actor)")
+    c.add_argument("root", help="folder with CREMA-D-named videos (any depth), audio in a sibling .wav")
+    c.add_argument("--test-speakers", default=None,
+                   help="comma-separated actor numbers for the test split (default: the last fifth by number)")
+    c.set_defaults(handler=cmd_prepare)
     p.set_defaults(handler=cmd_prepare)
     return p
 
@@ -701,7 +711,11 @@ def cmd_prepare(args) -> int:
         test_spk = sorted({it["speaker"] for it in items if it["split"] == "test"}, key=int)
         print(f"speakers: train {','.join(train_spk)}; test {','.join(test_spk)}")
         return 0 if s["clips"] else 1
-    if args.source == "video":
+    if args.source == "cremad":
+        jobs, skipped = cremad_jobs(args.root, test_speakers=args.test_speakers)
+        for sk in skipped:
+            print(f"skipped {sk['source']}: {sk['reason']}")
+    elif args.source == "video":
         jobs = video_jobs(_expand_files(args.files), test_fraction=args.test_fraction,
                           speaker=args.speaker, emotion=args.emotion, level=args.level,
                           split=args.split)  # fmt: skip
@@ -712,4 +726,8 @@ def cmd_prepare(args) -> int:
                        max_seconds=args.max_seconds, min_face_fraction=args.min_face_fraction,
                        redo=args.redo, quiet=args.quiet, chunk_seconds=args.chunk_seconds)  # fmt: skip
     print_summary(s, "video")
+    if args.source == "cremad":
+        train_spk = sorted({j["speaker"] for j in jobs if j["parts"][0]["split"] == "train"}, key=int)
+        test_spk = sorted({j["speaker"] for j in jobs if j["parts"][0]["split"] == "test"}, key=int)
+        print(f"actors: train {','.join(train_spk)}; test {','.join(test_spk)}")
     return 0 if s["clips"] else 1

@@ -22,6 +22,13 @@ emotion-audio  RAVDESS-named files anywhere under ROOT (`MM-CC-EE-II-SS-RR-AA.wa
                skipped too (both are counted and printed, not failures). Split by speaker
                (--test-speakers; default the last quarter of the actors, sorted by number).
                Speaker ids are the actor field as written ("01".."24"); level = intensity.
+cremad         CREMA-D-named videos anywhere under ROOT (`<actor>_<sentence>_<EMO>_<level>.mp4`,
+               e.g. 1005_IEO_ANG_HI.mp4; audio: the sibling .wav, else the video's track). One
+               whole clip per file, `cremad_<stem>`; speaker = the actor number; emotion from
+               EMO (ANG angry, DIS disgusted, FEA fear, HAP happy, NEU neutral, SAD sad; CREMA-D
+               has no contempt and no surprised); level LO 1, MD 2, HI 3, XX (unspecified) none.
+               Split by actor (--test-speakers; default the last fifth of the actors, sorted by
+               number, round(0.2 n)). Files whose names are not CREMA-D-style are skipped.
 """
 
 from __future__ import annotations
@@ -42,6 +49,11 @@ RAVDESS_EMOTIONS = {
     "05": "angry", "06": "fear", "07": "disgusted", "08": "surprised",
 }  # fmt: skip
 RAVDESS_CODES = {v: k for k, v in RAVDESS_EMOTIONS.items() if v}
+# CREMA-D emotion and level codes -> project emotion / level number (XX: unspecified).
+CREMAD_EMOTIONS = {"ANG": "angry", "DIS": "disgusted", "FEA": "fear", "HAP": "happy", "NEU": "neutral",
+                   "SAD": "sad"}  # fmt: skip
+CREMAD_LEVELS = {"LO": 1, "MD": 2, "HI": 3, "XX": None}
+_CREMAD_NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 _LEVEL = re.compile(r"^level_?(\d+)$", re.IGNORECASE)
 
@@ -265,3 +277,60 @@ def emotion_audio_jobs(root, *, test_speakers=None, calm="skip") -> tuple[list[d
     for it in items:
         it["split"] = "test" if it["speaker"] in test else "train"
     return items, skipped
+
+
+def parse_cremad_name(name: str) -> dict | None:
+    """Fields of a CREMA-D file name (stem `<actor>_<sentence>_<EMO>_<level>`), or None when it is not one."""
+    m = _CREMAD_NAME.match(Path(name).stem)
+    if not m or m.group(3) not in CREMAD_EMOTIONS or m.group(4) not in CREMAD_LEVELS:
+        return None
+    actor, sentence, emo, level = m.groups()
+    return {"actor": actor, "sentence": sentence, "emotion": CREMAD_EMOTIONS[emo], "level": CREMAD_LEVELS[level]}
+
+
+def cremad_test_actors(actors, test_speakers=None, test_fraction: float = 0.2) -> set[str]:
+    """The held-out actors: `test_speakers` (comma-separated numbers) or the last `test_fraction` of them."""
+    actors = sorted(set(actors), key=int)
+    if test_speakers is None:
+        n = int(round(test_fraction * len(actors))) if len(actors) > 1 else 0
+        n = min(max(n, 1), len(actors) - 1) if len(actors) > 1 else 0
+        return set(actors[len(actors) - n:])
+    wanted = {int(s) for s in _split_list(test_speakers)}
+    unknown = wanted - {int(a) for a in actors}
+    if unknown:
+        raise ValueError(f"--test-speakers {', '.join(str(u) for u in sorted(unknown))} not found "
+                         f"(actors present: {', '.join(actors)})")
+    return {a for a in actors if int(a) in wanted}
+
+
+def cremad_jobs(root, *, test_speakers=None) -> tuple[list[dict], list[dict]]:
+    """(jobs, skipped) for `prepare cremad ROOT` (see the module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"CREMA-D folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTS and p.is_file())
+    found, skipped = [], []
+    for p in files:
+        f = parse_cremad_name(p.name)
+        if f is None:
+            skipped.append({"source": str(p), "reason": "file name is not CREMA-D-style (AAAA_SSS_EMO_LV)"})
+            continue
+        found.append((p, f))
+    if not found:
+        raise ValueError(f"no CREMA-D-named videos (<actor>_<sentence>_<EMO>_<level>.mp4) under {root}")
+    test = cremad_test_actors([f["actor"] for _, f in found], test_speakers)
+    jobs = []
+    for p, f in found:
+        audio = sibling_audio(p)
+        jobs.append({
+            "key": str(p),
+            "video": str(p),
+            "audio": str(audio) if audio else None,
+            "speaker": f["actor"],
+            "emotion": f["emotion"],
+            "level": f["level"],
+            "parts": [{"clip_id": _safe_id(f"cremad_{p.stem}"), "split": "test" if f["actor"] in test else "train",
+                       "begin": 0.0, "end": 1.0}],
+            "source_kind": "cremad",
+        })  # fmt: skip
+    return jobs, skipped

@@ -5,6 +5,7 @@
         [--sampler ddpm|ddim[:N]|dpm[:N]] [--base-t-start 300]
         [--t-start 100,200,300,400,500,1000] [--scheduler ddpm:300,ddim:50,dpm:25]
         [--emotion-data PREPARED] [--samples 2] [--note TEXT]
+        [--expression-data PREPARED_CREMAD] [--expression-scale 1] [--no-expression-sheet]
 """
 
 from __future__ import annotations
@@ -73,6 +74,17 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--emotion-split", default=None, help="its split (default: --split)")
     p.add_argument("--emotion-classifier", default=None,
                    help="a classifier checkpoint directory to score instead of the pipeline's")
+    p.add_argument("--emotion-cross-corpus", default=None, metavar="PREPARED",
+                   help="another emotion-labelled corpus (e.g. talking-head prepare cremad): the classifier is "
+                        "also scored on all of it, choosing among the classes that corpus has")
+    p.add_argument("--expression-data", default=None,
+                   help="emotion-labelled faces split by actor (talking-head prepare cremad): score emotion in the "
+                        "face with a landmark expression classifier (real held-out vs generated), and render the "
+                        "demo photo with each emotion (expression_contact_sheet.png)")
+    p.add_argument("--expression-scale", type=float, default=1.0,
+                   help="emotion_scale of the generated expressions (default 1)")
+    p.add_argument("--no-expression-sheet", action="store_true",
+                   help="with --expression-data: skip the contact sheet (no renderer runs)")
     p.add_argument("--samples", type=non_negative_int, default=2,
                    help="write side-by-side sample videos for the first N clips of each method (default 2)")
     p.add_argument("--resolution", type=positive_int, default=None,
@@ -97,7 +109,10 @@ def cmd_evaluate(args) -> int:
         scheduler_sweep=tuple(args.scheduler), seed=args.seed, device=args.device, dtype=args.dtype,
         emotion=args.emotion, guidance_scale=args.guidance_scale, emotion_data=args.emotion_data,
         emotion_split=args.emotion_split, emotion_classifier=args.emotion_classifier, samples=args.samples,
+        emotion_cross_corpus=args.emotion_cross_corpus,
         resolution=args.resolution, landmarks=not args.no_landmarks, note=args.note, quiet=args.quiet,
+        expression_data=args.expression_data, expression_scale=args.expression_scale,
+        expression_sheet=not args.no_expression_sheet,
     )  # fmt: skip
     metrics = evaluate(config)
     main = metrics["methods"]

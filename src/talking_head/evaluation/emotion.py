@@ -14,22 +14,26 @@ from talking_head.constants import EMOTIONS, NUM_EMOTIONS
 
 
 def evaluate_emotion_classifier(model, feature_extractor, root, split: str | None = "test",
-                                max_seconds: float = 30.0, batch_size: int = 8) -> dict:
-    """Scores of `model` on the labelled audio of `root`'s split; raises ValueError when there is none."""
+                                max_seconds: float = 30.0, batch_size: int = 8, present_only: bool = False) -> dict:
+    """Scores of `model` on the labelled audio of `root`'s split (None: all of it); raises ValueError when there
+    is none. `present_only`: the prediction is the most probable of the classes the data has (a cross-corpus
+    test on a corpus with fewer classes, e.g. CREMA-D's six), as is usual for such a test."""
     from talking_head.data.dataset import EmotionAudioDataset
     from talking_head.models.emotion_classifier import predict_emotion
 
     data = EmotionAudioDataset(root, split=split, max_seconds=max_seconds, random_crop=False)
+    allowed = np.bincount(data.labels, minlength=NUM_EMOTIONS) > 0 if present_only else np.ones(NUM_EMOTIONS, bool)
     labels, preds, ids, speakers = [], [], [], []
     for start in range(0, len(data), batch_size):
         items = [data[i] for i in range(start, min(len(data), start + batch_size))]
-        probs = predict_emotion(model, feature_extractor, [it["audio"].numpy() for it in items])
-        preds += probs.argmax(dim=1).tolist()
+        probs = predict_emotion(model, feature_extractor, [it["audio"].numpy() for it in items]).numpy()
+        preds += np.where(allowed[None], probs, -1.0).argmax(axis=1).tolist()
         labels += [int(it["label"]) for it in items]
         ids += [it["clip_id"] for it in items]
         speakers += [it["speaker"] for it in items]
     return emotion_scores(np.array(labels), np.array(preds)) | {
-        "data": str(root), "split": split, "speakers": sorted(set(speakers)),
+        "data": str(root), "split": split or "all", "speakers": sorted(set(speakers)),
+        "classes": [e for e, a in zip(EMOTIONS, allowed) if a],
         "items": [{"clip_id": c, "label": EMOTIONS[t], "predicted": EMOTIONS[p]}
                   for c, t, p in zip(ids, labels, preds)],
     }  # fmt: skip

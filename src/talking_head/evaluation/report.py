@@ -183,6 +183,18 @@ def plot_scheduler(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _emotion_lines(emo: dict, out: Path, files: list, png: str, what: str) -> list[str]:
+    """Accuracy line, per-class recall table and confusion matrix (written to `out / png`) of one scoring."""
+    plot_confusion(emo, out / png, f"emotion classifier, {emo['n']} utterances, accuracy {emo['accuracy']:.3f}")
+    files.append(png)
+    return [f"{what}: **accuracy {emo['accuracy']:.3f}** on {emo['n']} utterances, balanced accuracy "
+            f"{emo['balanced_accuracy']:.3f}, chance (largest class) {emo['chance']:.3f}. "
+            f"Classifier: {emo.get('classifier', 'as above')}.", "",
+            _table(["class", "recall", "items"],
+                   [[e, _f(emo["per_class_recall"][e], 3), emo["support"][e]] for e in EMOTIONS]), "",
+            f"![confusion matrix]({png})", ""]
+
+
 def plot_confusion(result: dict, path: Path, title: str) -> None:
     plt = _plt()
     cm = np.asarray(result["confusion"], dtype=np.float64)
@@ -328,17 +340,22 @@ def write_report(out: Path, m: dict) -> list[str]:
         if "skipped" in emo:
             md += [f"Not evaluated: {emo['skipped']}.", ""]
         else:
-            png = "emotion_confusion.png"
-            plot_confusion(emo, out / png, f"emotion classifier, {emo['n']} utterances, "
-                                           f"accuracy {emo['accuracy']:.3f}")
-            files.append(png)
-            md += [f"`{emo['data']}` split `{emo['split']}` (speakers {', '.join(map(str, emo['speakers']))}): "
-                   f"**accuracy {emo['accuracy']:.3f}** on {emo['n']} utterances, balanced accuracy "
-                   f"{emo['balanced_accuracy']:.3f}, chance (largest class) {emo['chance']:.3f}. "
-                   f"Classifier: {emo.get('classifier')}.", "",
-                   _table(["class", "recall", "items"],
-                          [[e, _f(emo["per_class_recall"][e], 3), emo["support"][e]] for e in EMOTIONS]), "",
-                   f"![confusion matrix]({png})", ""]
+            md += _emotion_lines(emo, out, files, "emotion_confusion.png",
+                                 f"`{emo['data']}` split `{emo['split']}` (speakers {', '.join(map(str, emo['speakers']))})")
+            x = emo.get("cross_corpus")
+            if x:
+                md += ["### Cross-corpus", "",
+                       "The same classifier on another corpus it never trained on, all of it; it chooses among "
+                       f"that corpus's {len(x['classes'])} classes ({', '.join(x['classes'])}).", ""]
+                md += _emotion_lines(x, out, files, "emotion_confusion_cross_corpus.png",
+                                     f"`{x['data']}` ({len(x['speakers'])} speakers)")
+
+    if m.get("expression"):
+        from talking_head.evaluation.expression import report_lines
+
+        md += report_lines(m["expression"])
+        if m["expression"].get("contact_sheet"):
+            files.append(m["expression"]["contact_sheet"]["file"])
 
     sweeps = m.get("sweeps", {})
     if "t_start" in sweeps:

@@ -15,7 +15,9 @@ side-by-side videos. The landmark model is also scored alone (LD of its predicte
 landmarks against the dataset's), next to the identity landmarks repeated. Sweeps
 over the SDEdit start (`t_start_sweep`) and over samplers (`scheduler_sweep`) run
 the `pipeline` method with each setting. The emotion classifier is scored on the
-labelled audio of `emotion_data` (or of `data`). Everything lands in
+labelled audio of `emotion_data` (or of `data`). With `expression_data` (emotion-labelled faces,
+`talking-head prepare cremad`), emotion in the face is scored by a landmark expression classifier and the demo
+photo is rendered with each emotion (talking_head.evaluation.expression). Everything lands in
 `output/metrics.json` and `output/report.md` (talking_head.evaluation.report).
 """
 
@@ -72,6 +74,10 @@ class EvalConfig:
     emotion_data: str | None = None
     emotion_split: str | None = None  # default: split
     emotion_classifier: str | None = None  # a classifier checkpoint instead of the pipeline's
+    emotion_cross_corpus: str | None = None  # another labelled corpus, all of it, scored on its own classes
+    expression_data: str | None = None  # emotion-labelled faces (prepare cremad): emotion in the face (issue 16)
+    expression_scale: float = 1.0  # the pipeline's emotion_scale for the generated expressions
+    expression_sheet: bool = True  # with expression_data: the demo photo rendered with each emotion
     samples: int = 2
     resolution: int | None = None  # only without a pipeline (static floor alone)
     landmarks: bool = True
@@ -113,6 +119,9 @@ def config_to_command(cfg: EvalConfig) -> str:
             ("--guidance-scale", cfg.guidance_scale, default.guidance_scale),
             ("--emotion-data", cfg.emotion_data, None), ("--emotion-split", cfg.emotion_split, None),
             ("--emotion-classifier", cfg.emotion_classifier, None), ("--samples", cfg.samples, default.samples),
+            ("--emotion-cross-corpus", cfg.emotion_cross_corpus, None),
+            ("--expression-data", cfg.expression_data, None),
+            ("--expression-scale", cfg.expression_scale, default.expression_scale),
             ("--resolution", cfg.resolution, None), ("--seed", cfg.seed, default.seed),
             ("--device", cfg.device, None), ("--dtype", cfg.dtype, default.dtype), ("--note", cfg.note, None)]
     words = ["talking-head", "evaluate"]
@@ -121,6 +130,8 @@ def config_to_command(cfg: EvalConfig) -> str:
             words += [flag, str(value)]
     if not cfg.landmarks:
         words.append("--no-landmarks")
+    if cfg.expression_data is not None and not cfg.expression_sheet:
+        words.append("--no-expression-sheet")
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -222,7 +233,8 @@ class Evaluation:
         unknown = [m for m in cfg.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
-        if not cfg.methods and not cfg.t_start_sweep and not cfg.scheduler_sweep and cfg.emotion_data is None:
+        if not cfg.methods and not cfg.t_start_sweep and not cfg.scheduler_sweep and cfg.emotion_data is None \
+                and cfg.expression_data is None:
             raise ValueError("nothing to evaluate: no methods, sweeps or emotion data")
         needs_pipe = any(m != "static" for m in cfg.methods) or cfg.t_start_sweep or cfg.scheduler_sweep
         if needs_pipe and cfg.pipeline is None and self.pipe is None:
@@ -491,9 +503,10 @@ class Evaluation:
         model = extractor = None
         source = None
         if cfg.emotion_classifier is not None:
-            from talking_head.models.emotion_classifier import build_emotion_feature_extractor, load_emotion_classifier
+            from talking_head.models.emotion_classifier import load_emotion_classifier, load_emotion_feature_extractor
 
-            model, extractor = load_emotion_classifier(cfg.emotion_classifier), build_emotion_feature_extractor()
+            model = load_emotion_classifier(cfg.emotion_classifier)
+            extractor = load_emotion_feature_extractor(cfg.emotion_classifier, model)
             source = str(Path(cfg.emotion_classifier).resolve())
         elif self.pipe is not None and self.pipe.emotion_classifier is not None:
             model, extractor, source = self.pipe.emotion_classifier, self.pipe.feature_extractor, "pipeline"
@@ -508,7 +521,46 @@ class Evaluation:
                 return {"skipped": f"no emotion-labelled {split!r} audio in {root} (pass --emotion-data)"}
             raise
         result["classifier"] = source
+        if cfg.emotion_cross_corpus is not None:
+            result["cross_corpus"] = evaluate_emotion(model, extractor, cfg.emotion_cross_corpus, None,
+                                                      present_only=True)
         return result
+
+    def _evaluate_expression(self) -> dict:
+        """Emotion in the face (talking_head.evaluation.expression): the landmark expression classifier's
+        accuracy on real held-out expressions (reference) and on the landmark model's expressions (score), and
+        a contact sheet of the demo photo rendered with each emotion."""
+        from talking_head.evaluation.expression import contact_sheet, expression_evaluation
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        predict = self.pipe.predict_landmarks if self.pipe is not None else None
+        res = expression_evaluation(cfg.expression_data, predict, emotion_scale=cfg.expression_scale, seed=cfg.seed)
+        res["data"] = str(cfg.expression_data)
+        self.log(f"expression: reference accuracy {res['reference']['accuracy']:.3f} on "
+                 f"{res['classifier']['test_clips']} held-out clips (chance {res['chance']:.3f})"
+                 + (f"; generated {res['generated']['accuracy']:.3f}" if "generated" in res else ""))
+        if self.pipe is not None and cfg.expression_sheet:
+            import torch
+
+            from importlib.resources import files
+
+            assets = Path(str(files("talking_head.assets")))
+            photo, audio = assets / "demo_identity.jpg", assets / "demo_speech.wav"
+            if photo.is_file() and audio.is_file():
+                name, steps = self.sampler
+                self._set_sampler(name)
+                sheet_file = self.out / "expression_contact_sheet.png"
+                _, frame = contact_sheet(self.pipe, str(photo), str(audio), emotion_scale=cfg.expression_scale,
+                                         output=sheet_file, num_inference_steps=steps, t_start=cfg.t_start,
+                                         generator=torch.Generator().manual_seed(cfg.seed), max_size=512)
+                self.pipe.scheduler = self.base_scheduler
+                res["contact_sheet"] = {"file": sheet_file.name, "photo": photo.name, "audio": audio.name,
+                                        "frame": frame}
+            else:
+                self.warnings.append("expression contact sheet skipped: the demo photo / speech are not installed")
+        res["seconds"] = time.perf_counter() - t0
+        return res
 
     # ------------------------------------------------------------------ main
     def run(self) -> dict:
@@ -614,11 +666,18 @@ class Evaluation:
         if self.pipe is not None:
             self.pipe.scheduler = self.base_scheduler
 
+        if cfg.expression_data is not None:
+            m["expression"] = self._evaluate_expression()
+            save()
         if cfg.emotion_data is not None or cfg.emotion_classifier is not None or self.pipe is not None:
             m["emotion_classifier"] = self._evaluate_emotion()
             if "accuracy" in m["emotion_classifier"]:
                 e = m["emotion_classifier"]
                 self.log(f"emotion classifier: accuracy {e['accuracy']:.3f} on {e['n']} utterances")
+                if "cross_corpus" in e:
+                    x = e["cross_corpus"]
+                    self.log(f"emotion classifier, cross-corpus {x['data']}: accuracy {x['accuracy']:.3f} on "
+                             f"{x['n']} utterances ({len(x['classes'])} classes)")
         if self.detector is not None:
             m["landmark_detection"] = {"calls": self.detector.calls, "seconds": self.detector.seconds}
         from talking_head.evaluation.report import verdict
@@ -633,10 +692,10 @@ class Evaluation:
         return m
 
 
-def evaluate_emotion(model, extractor, root, split):
+def evaluate_emotion(model, extractor, root, split, present_only: bool = False):
     from talking_head.evaluation.emotion import evaluate_emotion_classifier
 
-    return evaluate_emotion_classifier(model, extractor, root, split)
+    return evaluate_emotion_classifier(model, extractor, root, split, present_only=present_only)
 
 
 def _fmt(v, digits: int = 2) -> str:

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talking_head.constants import NUM_EMOTIONS
 from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
 from talking_head.data.dataset import REFERENCE_MODES
-from talking_head.models.emotion_classifier import build_emotion_feature_extractor, load_emotion_classifier
+from talking_head.models.emotion_classifier import load_emotion_classifier, load_emotion_feature_extractor
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel
 from talking_head.models.unet_3d_class import ClassConditionedUNet3DModel
 from talking_head.pipelines.pipeline_talking_head import REFERENCE_CHANNEL, TalkingHeadPipeline
@@ -186,12 +187,7 @@ def load_companions(args):
     classifier = extractor = None
     if args.emotion_model:
         classifier = load_emotion_classifier(args.emotion_model)
-        if (Path(args.emotion_model) / "preprocessor_config.json").is_file():
-            from transformers import Wav2Vec2FeatureExtractor
-
-            extractor = Wav2Vec2FeatureExtractor.from_pretrained(args.emotion_model, local_files_only=True)
-        else:
-            extractor = build_emotion_feature_extractor()
+        extractor = load_emotion_feature_extractor(args.emotion_model, classifier)
         notes["emotion_classifier"] = f"trained: {args.emotion_model}"
     else:
         # Never ship an untrained classifier: it would pick a random emotion and drive the UNet with a class
@@ -389,13 +385,22 @@ def main(argv=None) -> None:
         pipe = TalkingHeadPipeline(unet=model, scheduler=default_ddpm_scheduler(args.prediction_type),
                                    landmark_model=landmark_model, mask_noise=mask_noise.to("cpu"),
                                    emotion_classifier=classifier, feature_extractor=extractor,
-                                   clip_frames=args.clip_frames, clip_overlap=clip_overlap_for(args.clip_frames))
+                                   clip_frames=args.clip_frames, clip_overlap=clip_overlap_for(args.clip_frames),
+                                   # The class input learned the emotions only if the training clips had labels;
+                                   # otherwise (unlabelled video) only its null row: never feed it another.
+                                   unet_emotion_conditioning=any(int(r.get("emotion_id", NUM_EMOTIONS)) < NUM_EMOTIONS
+                                                                 for r in train_dataset.clips))
+        logger.info("renderer class input: " + ("learned the emotion labels of the training clips"
+                                                if pipe.config.unet_emotion_conditioning else
+                                                "null class only (the training clips have no emotion labels); the "
+                                                "emotion reaches the face through the landmarks"))
         path = save_pipeline_atomic(pipe, output_dir / "pipeline")
         info = {"global_step": global_step, "prediction_type": args.prediction_type,
                 "timestep_sampling": args.timestep_sampling, "ema": bool(args.use_ema),
                 "structure_loss": args.structure_loss, "reference": args.reference, "mask_mode": args.mask_mode,
                 "first_step_fraction": args.first_step_fraction, "reference_residual": args.reference_residual,
                 "resolution": args.resolution, "clip_frames": args.clip_frames, "data_dir": str(data_dir),
+                "unet_emotion_conditioning": pipe.config.unet_emotion_conditioning,
                 "components": {"unet": f"trained here ({global_step} updates)", **notes}}
         (path / "training_info.json").write_text(json.dumps(info, indent=1) + "\n")
         logger.info(f"saved the pipeline to {path}: " + "; ".join(f"{k}: {v}" for k, v in info["components"].items()))

@@ -122,6 +122,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="extra weight of the mouth MSE on silent frames (talking_head.evaluation.lip_motion's "
                            "definition, from the window's audio): the closed mouth on silence")
     loss.add_argument("--p_uncond", type=float, default=0.1, help="probability of training without the emotion")
+    emo = parser.add_argument_group("emotion (issue 16)")
+    emo.add_argument("--neutral_reference", action="store_true",
+                     help="for windows of emotion-labelled clips (e.g. `talking-head prepare cremad`), take the "
+                          "emotion out of the identity landmarks first: the reference frame minus its emotion's "
+                          "mean offset from neutral (talking_head.evaluation.expression.emotion_offsets, measured on "
+                          "the labelled training clips, saved as OUTPUT_DIR/emotion_offsets.json). The identity "
+                          "then looks like the person's neutral face, as an identity photo does, and the model "
+                          "learns to add the emotion itself. Needs neutral clips in the training data")
+    emo.add_argument("--train_only", type=str, default=None,
+                     help="comma-separated parameter-name prefixes: train only these, freeze the rest (e.g. "
+                          "'emotion_embedding': a pretrained model learns the emotions without its speech motion "
+                          "changing)")
+    emo.add_argument("--freeze_null_emotion", action="store_true",
+                     help="keep the null-class row of the emotion embedding as it is (with --train_only "
+                          "emotion_embedding, the model without an emotion stays exactly the pretrained one)")
+    emo.add_argument("--domain_bias", action="store_true",
+                     help="learn one constant displacement (68 points, in face widths) added to the prediction of "
+                          "every emotion-labelled window, and not saved: what the labelled corpus has in common "
+                          "(e.g. CREMA-D's 8 kHz audio under-opening the mouth) goes there instead of into the "
+                          "emotions (with emotion_head_relative)")
+    emo.add_argument("--emotion_aliases", type=str, default=None,
+                     help="emotions the data lacks, read as another at inference, e.g. "
+                          "'contempt=disgusted,surprised=fear' (saved in the model's config, emotion_aliases)")
     val = parser.add_argument_group("validation")
     val.add_argument("--validation_clips", type=int, default=32, help="held-out windows scored at each validation")
     val.add_argument("--validation_video_size", type=int, default=128, help="side of the validation video frames")
@@ -147,6 +170,18 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be in [0, 1]")
     if args.aug_noise_snr[0] > args.aug_noise_snr[1]:
         parser.error("--aug_noise_snr LOW must be <= HIGH")
+    if args.emotion_aliases is not None:
+        from talking_head.constants import EMOTIONS
+
+        aliases = {}
+        for part in [p for p in args.emotion_aliases.split(",") if p.strip()]:
+            if part.count("=") != 1:
+                parser.error(f"--emotion_aliases: expected asked=used pairs, got {part!r}")
+            asked, used = (x.strip().lower() for x in part.split("="))
+            if asked not in EMOTIONS or used not in EMOTIONS:
+                parser.error(f"--emotion_aliases: unknown emotion in {part!r}; expected {', '.join(EMOTIONS)}")
+            aliases[asked] = used
+        args.emotion_aliases = aliases
     if args.model_kwargs is not None:
         import json
 
@@ -187,12 +222,69 @@ def build_model(args) -> KFusionLandmarkModel:
         path = Path(args.pretrained_model)
         if (path / "landmark_model").is_dir():  # a pipeline folder (e.g. the bundled assets/pipeline)
             path = path / "landmark_model"
-        return KFusionLandmarkModel.from_pretrained(path)
+        model = KFusionLandmarkModel.from_pretrained(path)
+        overrides = getattr(args, "model_kwargs", None) or {}
+        if overrides:
+            # New config on top of the pretrained one (e.g. {"emotion_head": true}): parts the pretrained model
+            # lacks start fresh (the emotion head: as no effect), every other weight is the pretrained one.
+            config = {k: v for k, v in model.config.items() if not k.startswith("_")}
+            config.update(overrides)
+            fresh = KFusionLandmarkModel(**config)
+            missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+            if unexpected or any(not k.startswith("emotion_residual.") for k in missing):
+                raise ValueError(f"--model_kwargs {overrides} changes the pretrained model's weights' shapes "
+                                 f"(missing {missing[:5]}, unexpected {unexpected[:5]}); only additions such as "
+                                 "emotion_head can be made to a pretrained model")
+            logger.info(f"pretrained {path} with {overrides}; new: {sorted({k.split('.')[0] for k in missing})}")
+            model = fresh
+        return model
     kwargs = dict(LANDMARK_PRESETS[args.preset])
     kwargs.update(getattr(args, "model_kwargs", None) or {})
     if args.wav2vec2_model:
         return KFusionLandmarkModel.from_wav2vec2_pretrained(args.wav2vec2_model, **kwargs)
     return KFusionLandmarkModel(**kwargs)
+
+
+def record_emotions(model, datasets, aliases=None) -> None:
+    """Write the trained emotions (the labels present in the training data, with those of a pretrained model)
+    and `aliases` into the model's config."""
+    from talking_head.constants import EMOTIONS
+
+    present = {EMOTIONS[int(r["emotion_id"])] for part in datasets for r in part.clips
+               if int(r.get("emotion_id", NUM_EMOTIONS)) < NUM_EMOTIONS}
+    before = set(model.config.trained_emotions or [])
+    trained = [e for e in EMOTIONS if e in present | before] or None
+    aliases = dict(aliases) if aliases else (model.config.emotion_aliases or None)
+    model.register_to_config(trained_emotions=trained, emotion_aliases=aliases)
+    model._alias_table = model._make_alias_table(model.config.num_emotions, aliases)
+    if aliases:
+        logger.info(f"emotion aliases (read as another emotion at inference): {aliases}")
+    logger.info(f"trained emotions: {trained or 'none (the null class only)'}")
+
+
+def freeze_parameters(model, train_only: str | None, freeze_null_emotion: bool = False) -> None:
+    """--train_only / --freeze_null_emotion: requires_grad off outside the given prefixes; the null emotion row's
+    gradient zeroed (with weight decay 0, Adam then leaves it exactly as it was)."""
+    if train_only:
+        prefixes = [p.strip() for p in train_only.split(",") if p.strip()]
+        names = [n for n, _ in model.named_parameters()]
+        unknown = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+        if unknown:
+            raise ValueError(f"--train_only: no parameters start with {unknown}")
+        for name, param in model.named_parameters():
+            param.requires_grad_(any(name.startswith(p) for p in prefixes))
+        logger.info(f"--train_only {train_only}: {sum(p.numel() for p in model.parameters() if p.requires_grad)} "
+                    "trainable parameters")
+    if freeze_null_emotion:
+        weight = model.emotion_embedding.weight
+        null = model.config.num_emotions
+
+        def zero_null(grad):
+            grad = grad.clone()
+            grad[null] = 0
+            return grad
+
+        weight.register_hook(zero_null)
 
 
 def batch_fps(batch) -> float:
@@ -299,6 +391,50 @@ def change_speed(batch, factor: float, context_frames: int):
     return out
 
 
+def emotion_offset_table(datasets, output_dir=None) -> torch.Tensor:
+    """(NUM_EMOTIONS + 1, 68, 2) offsets from neutral in face widths (zero for neutral, the null class and
+    emotions without clips), from the emotion-labelled clips of `datasets` (--neutral_reference)."""
+    import json
+
+    from talking_head.constants import EMOTIONS
+    from talking_head.evaluation.expression import clip_features, emotion_offsets
+
+    shapes, labels = [], []
+    for part in datasets:
+        for c, row in enumerate(part.clips):
+            e = int(row.get("emotion_id", NUM_EMOTIONS))
+            if e < NUM_EMOTIONS:
+                shapes.append(clip_features(part._landmarks(c)).reshape(-1, 2))
+                labels.append(EMOTIONS[e])
+    if not labels:
+        raise ValueError("--neutral_reference: no emotion-labelled training clips (prepare CREMA-D with "
+                         "`talking-head prepare cremad` and pass it as --extra_data_dir)")
+    offsets = emotion_offsets(shapes, labels)
+    table = torch.zeros(NUM_EMOTIONS + 1, shapes[0].shape[0], 2, dtype=torch.float64)
+    for name, off in offsets.items():
+        table[EMOTIONS.index(name)] = torch.from_numpy(off)
+    counts = {e: labels.count(e) for e in sorted(set(labels))}
+    logger.info(f"--neutral_reference: emotion offsets from {len(labels)} labelled clips {counts}; mean point "
+                "shift in face widths: " + ", ".join(f"{k} {np.linalg.norm(v, axis=-1).mean():.4f}"
+                                                     for k, v in offsets.items()))
+    if output_dir is not None:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "emotion_offsets.json").write_text(json.dumps(
+            {"units": "face widths, in the face's own frame (talking_head.evaluation.expression.normalise_shape)",
+             "clips": counts, "offsets": {k: np.round(v, 5).tolist() for k, v in offsets.items()}}))
+    return table
+
+
+def neutralise_reference(reference: torch.Tensor, labels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Identity landmarks (B, 68, 2) minus their emotion's offset from neutral (`emotion_offset_table`), put on
+    each face in its own pose and size."""
+    from talking_head.evaluation.expression import apply_offset
+
+    offsets = table[labels.cpu().clamp(0, table.shape[0] - 1)].numpy()
+    out = apply_offset(reference.detach().cpu().double().numpy(), -offsets)
+    return torch.from_numpy(out).to(reference.dtype)
+
+
 def augment(batch, args, generator: torch.Generator):
     """Speed (whole batch), gain / clipping / noise on the audio, and one random similarity transform per window
     on the identity and target landmarks (see the --aug_* flags). Returns (augmented batch, the batch after
@@ -309,6 +445,9 @@ def augment(batch, args, generator: torch.Generator):
         batch = change_speed(batch, factor, args.audio_context_frames)
     if args.pose_align:
         batch["landmarks"] = align_pose(batch["landmarks"], batch["reference_landmarks"])
+    table = getattr(args, "emotion_offset_table", None)
+    if table is not None:
+        batch["reference_landmarks"] = neutralise_reference(batch["reference_landmarks"], batch["emotion"], table)
     if args.aug_open_identity > 0:
         n = batch["reference_landmarks"].shape[0]
         opened = torch.rand(n, generator=generator) < args.aug_open_identity
@@ -426,10 +565,18 @@ def main(argv=None) -> None:
             raise ValueError(f"--data_dir and --extra_data_dir mix frame rates {sorted(fps)}; prepare them at one fps")
         train_dataset = _ConcatWindows(parts)
 
+    parts = train_dataset.datasets if isinstance(train_dataset, _ConcatWindows) else [train_dataset]
+    args.emotion_offset_table = emotion_offset_table(parts, output_dir) if args.neutral_reference else None
     model = build_model(args)
+    record_emotions(model, parts, args.emotion_aliases)
+    freeze_parameters(model, args.train_only, args.freeze_null_emotion)
     if args.gradient_checkpointing:
         logger.warning("KFusionLandmarkModel does not support gradient checkpointing; ignoring the flag")
     params = [p for p in model.parameters() if p.requires_grad]
+    domain_bias = None
+    if args.domain_bias:
+        domain_bias = torch.nn.Parameter(torch.zeros(68, 2))
+        params.append(domain_bias)
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     train_dataloader, sampler = make_dataloader(train_dataset, args.train_batch_size, args.seed,
@@ -481,6 +628,11 @@ def main(argv=None) -> None:
                 drop = torch.rand(labels.shape, device=labels.device) < args.p_uncond
                 labels = torch.where(drop, torch.full_like(labels, NUM_EMOTIONS), labels)
             pred = forward(model, batch, labels, args.audio_context_frames)
+            if domain_bias is not None:
+                ref = batch["reference_landmarks"]
+                width = (ref[:, 16] - ref[:, 0]).norm(dim=-1)
+                labelled = (batch["emotion"] < NUM_EMOTIONS).to(pred.dtype)
+                pred = pred + (labelled * width)[:, None, None, None] * domain_bias.to(pred.device)
             loss = landmark_loss(pred, batch["landmarks"], mouth_weight=args.mouth_weight,
                                  all_weight=args.all_weight, velocity_weight=args.velocity_weight,
                                  centered=args.centered_loss, absolute_weight=args.absolute_weight,
@@ -496,6 +648,15 @@ def main(argv=None) -> None:
         batches.write(final=True, step=global_step, checksum=weights_checksum(unwrapped))
     if accelerator.is_main_process:
         path = save_component_atomic(unwrapped, output_dir / "landmark_model")
+        if domain_bias is not None:
+            import json
+
+            bias = domain_bias.detach().cpu().numpy()
+            (output_dir / "domain_bias.json").write_text(json.dumps(
+                {"units": "face widths", "mean_point_shift": float(np.linalg.norm(bias, axis=-1).mean()),
+                 "bias": np.round(bias, 5).tolist()}))
+            logger.info(f"--domain_bias: mean point shift {float(np.linalg.norm(bias, axis=-1).mean()):.4f} face "
+                        "widths (not saved in the model)")
         logger.info(f"saved the landmark model to {path} (train_diffusion.py --landmark_model {path})")
     del model, unwrapped, optimizer, lr_scheduler, train_dataloader, ema, validator, params
     finish(accelerator)

@@ -1,0 +1,402 @@
+"""Train the audio emotion classifier of TalkingHeadPipeline (DESIGN.md section 2.1).
+
+    accelerate launch train/train_emotion.py --data_dir /path/to/prepared-ravdess --output_dir out/emotion
+
+The model is a stock transformers audio classifier with the project's 8 emotion labels, built from a preset
+(`talking_head.models.emotion_classifier`: "small" / "tiny" = log-mel `WhisperForAudioClassification`,
+"conformer-small" / "conformer-tiny" / "paper" = waveform `Wav2Vec2ConformerForSequenceClassification`) or
+loaded from a local checkpoint with --pretrained_model (a backbone gets a fresh 8-way head).
+
+What a classifier that must work on voices it never heard needs from a few hundred utterances:
+- speaker split inside the training speakers: --validation_speakers (default: the last two) are held out
+  for early stopping (--early_stopping_patience validations without a better balanced accuracy); the
+  saved classifier is the best one on them, never chosen on the test speakers;
+- per-utterance normalisation (in the log-mel feature extractor: each band's mean and variance);
+- waveform augmentation: gain (--aug_gain_db), speed (--aug_speed: resampling, pitch and tempo together),
+  background noise at a random SNR (--aug_noise_prob), band-limiting to telephone bandwidth
+  (--aug_band_limit_prob: 8 kHz speech is then not foreign);
+- SpecAugment-style masks on the log-mel features (--spec_augment: frequency and time masks);
+- class-balanced sampling (--sampling balanced: every class as often per epoch), and soft targets: label
+  smoothing over the classes present (--label_smoothing) and mixup (--mixup_alpha).
+
+Validation: the validation speakers' whole utterances scored as at inference (`predict_emotion`): accuracy,
+balanced accuracy (mean recall over the classes present) and per-class recall.
+
+Saves OUTPUT_DIR/emotion_classifier (model + feature extractor; `load_emotion_classifier` and
+`load_emotion_feature_extractor` load it; give it to train_diffusion.py --emotion_model) and
+OUTPUT_DIR/best.json (the step and scores it was chosen at).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from talking_head.constants import EMOTIONS, NUM_EMOTIONS, SAMPLE_RATE
+from talking_head.data.dataset import EmotionAudioDataset
+from talking_head.models.emotion_classifier import (EMOTION_CLASSIFIER_PRESETS, EmotionFeatureExtractor,
+                                                    build_emotion_classifier, build_emotion_feature_extractor,
+                                                    load_emotion_classifier, load_emotion_feature_extractor,
+                                                    predict_emotion)
+from talking_head.training import (
+    JsonlLog, UpdateLoop, _write_json_atomic, add_common_args, batch_log, check_common_args, finish, init_trackers, log_scalars,
+    make_accelerator, make_dataloader, make_ema, make_lr_scheduler, metrics_log, resolve_data_dir,
+    save_component_atomic, start_or_resume, weights_checksum,
+)
+
+logger = logging.getLogger("train_emotion")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", choices=sorted(EMOTION_CLASSIFIER_PRESETS), default="small",
+                       help="small (log-mel Transformer, 0.64M parameters: the one that generalises across "
+                            "speakers), tiny (tests); conformer-small / conformer-tiny (waveform Conformer), paper "
+                            "(0.6B, the size of the paper's ConformerXL: fine-tune a pretrained one)")
+    model.add_argument("--pretrained_model", type=str, default=None,
+                       help="a local transformers audio model/classifier folder to fine-tune instead of --preset")
+    model.add_argument("--freeze_feature_encoder", action="store_true",
+                       help="keep a waveform model's convolutional feature encoder fixed (usual when fine-tuning)")
+    data = parser.add_argument_group("emotion data")
+    data.add_argument("--max_seconds", type=float, default=6.0, help="random crop of longer utterances")
+    data.add_argument("--validation_speakers", type=str, default="auto",
+                      help="comma-separated training speakers held out for early stopping; 'auto': the last two "
+                           "(sorted; one when there are two, none when there is one); 'none': train on all of them "
+                           "and validate on the dataset's test split (logged, never used to choose)")
+    data.add_argument("--sampling", choices=("balanced", "uniform"), default="balanced",
+                      help="balanced: each class drawn equally often per epoch (rarer classes repeated)")
+    aug = parser.add_argument_group("augmentation")
+    aug.add_argument("--aug_gain_db", type=float, default=6.0, help="random gain in +-dB")
+    aug.add_argument("--aug_speed", type=float, default=0.1, help="random speed factor in 1 +- this")
+    aug.add_argument("--aug_noise_prob", type=float, default=0.5, help="white noise at 10-40 dB SNR")
+    aug.add_argument("--aug_band_limit_prob", type=float, default=0.3,
+                     help="low-pass to telephone band (8 kHz sampling)")
+    aug.add_argument("--spec_augment", type=int, default=2,
+                     help="frequency and time masks per log-mel window (each up to 1/8 of the bands, 1/10 of the "
+                          "frames); 0 = off")
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--label_smoothing", type=float, default=0.1,
+                      help="spread over the classes present in the training data")
+    loss.add_argument("--mixup_alpha", type=float, default=0.4, help="Beta(a, a) mixup of inputs and targets; 0 = off")
+    loss.add_argument("--class_weighting", choices=("inverse", "sqrt_inverse", "none"), default="none",
+                      help="cross-entropy class weights from the class counts (for --sampling uniform)")
+    val = parser.add_argument_group("validation")
+    val.add_argument("--early_stopping_patience", type=int, default=0,
+                     help="stop after this many validations without a better balanced accuracy; 0 = never")
+    add_common_args(parser, output_dir="out/train_emotion", train_batch_size=32, max_train_steps=3000,
+                    learning_rate=1e-3, checkpointing_steps=500, validation_steps=250, lr_warmup_steps=100)
+    args = parser.parse_args(argv)
+    check_common_args(args)
+    if not 0 <= args.label_smoothing < 1 or args.mixup_alpha < 0 or args.spec_augment < 0:
+        parser.error("--label_smoothing must be in [0, 1), --mixup_alpha and --spec_augment >= 0")
+    return args
+
+
+# ------------------------------------------------------------------------------------------- data
+class BalancedView(torch.utils.data.Dataset):
+    """`dataset` with the items of rarer classes repeated so every class present has as many entries as the
+    most frequent one (class-balanced sampling that keeps the trainers' resumable epoch order)."""
+
+    def __init__(self, dataset: EmotionAudioDataset):
+        self.dataset = dataset
+        labels = dataset.labels
+        most = max(np.bincount(labels))
+        self.indices = []
+        for c in np.unique(labels):
+            members = np.flatnonzero(labels == c)
+            self.indices += np.resize(members, most).tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset[self.indices[i]] | {"index": i}
+
+
+def augment_waveform(wave: np.ndarray, rng: np.random.Generator, args) -> np.ndarray:
+    """Gain, speed (resampled: pitch and tempo together), band-limiting and white noise."""
+    if args.aug_speed > 0:
+        factor = rng.uniform(1 - args.aug_speed, 1 + args.aug_speed)
+        n = max(2, int(round(len(wave) / factor)))
+        wave = np.interp(np.linspace(0, len(wave) - 1, n), np.arange(len(wave)), wave)
+    if rng.random() < args.aug_band_limit_prob:
+        # 8 kHz telephone audio brought back to 16 kHz: everything above 4 kHz gone.
+        spectrum = np.fft.rfft(wave)
+        spectrum[int(len(spectrum) * 4000 / (SAMPLE_RATE / 2)):] = 0
+        wave = np.fft.irfft(spectrum, n=len(wave))
+    if args.aug_gain_db > 0:
+        wave = wave * 10 ** (rng.uniform(-args.aug_gain_db, args.aug_gain_db) / 20)
+    if rng.random() < args.aug_noise_prob:
+        power = float(np.mean(wave ** 2)) + 1e-10
+        wave = wave + rng.normal(0, math.sqrt(power / 10 ** (rng.uniform(10, 40) / 10)), len(wave))
+    return np.clip(wave, -1, 1).astype(np.float32)
+
+
+def spec_augment(features: np.ndarray, rng: np.random.Generator, masks: int) -> np.ndarray:
+    """Zero `masks` random frequency bands and `masks` random time spans (0 is each band's mean)."""
+    features = features.copy()
+    bands, frames = features.shape
+    for _ in range(masks):
+        width = int(rng.integers(0, bands // 8 + 1))
+        start = int(rng.integers(0, bands - width + 1))
+        features[start: start + width] = 0
+        span = int(rng.integers(0, frames // 10 + 1))
+        start = int(rng.integers(0, frames - span + 1))
+        features[:, start: start + span] = 0
+    return features
+
+
+def collate_emotion(items: list[dict], extractor, args=None, seed: int = 0) -> dict:
+    """Waveforms -> the classifier's inputs. With `args` (training) each waveform is augmented and, for a log-mel
+    model, its window cropped at random and masked; without, exactly what `predict_emotion` computes."""
+    rng = np.random.default_rng([seed, *[int(it.get("index", 0)) for it in items]])
+    waves = [it["audio"].numpy() for it in items]
+    if args is not None:
+        waves = [augment_waveform(w, rng, args) for w in waves]
+    batch = {"labels": torch.stack([it["label"] for it in items]), "clip_id": [it["clip_id"] for it in items],
+             "speaker": [it["speaker"] for it in items]}
+    if isinstance(extractor, EmotionFeatureExtractor):
+        windows = []
+        for w in waves:
+            features = extractor.log_mel(w)
+            if args is None:
+                windows.append(extractor.fit_window(features))
+                continue
+            longest = max(features.shape[1], extractor.window_frames)
+            window = extractor.fit_window(np.tile(features, (1, math.ceil(longest / features.shape[1]))),
+                                          int(rng.integers(0, longest - extractor.window_frames + 1)))
+            windows.append(spec_augment(window, rng, args.spec_augment))
+        return batch | {"input_features": torch.from_numpy(np.stack(windows))}
+    features = extractor(waves, sampling_rate=SAMPLE_RATE, padding=True, return_attention_mask=True,
+                         return_tensors="pt")
+    return batch | {"input_values": features.input_values, "attention_mask": features.attention_mask}
+
+
+def model_inputs(batch: dict) -> dict:
+    if "input_features" in batch:
+        return {"input_features": batch["input_features"]}
+    return {"input_values": batch["input_values"], "attention_mask": batch["attention_mask"]}
+
+
+def class_weights(counts: np.ndarray, mode: str) -> torch.Tensor:
+    """(8,) weights: N / (K * n_c) ("inverse"), its square root ("sqrt_inverse") or ones; 0 for absent classes."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    if mode == "none":
+        weights[present] = 1.0
+    else:
+        weights[present] = counts.sum() / (present.sum() * counts[present])
+        if mode == "sqrt_inverse":
+            weights[present] = np.sqrt(weights[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def soft_targets(labels: torch.Tensor, present: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """One-hot targets with `smoothing` spread evenly over the other classes present in the training data
+    (never onto a class the data does not have, such as contempt in RAVDESS)."""
+    onehot = F.one_hot(labels, NUM_EMOTIONS).float()
+    others = present.float()[None] * (1 - onehot)
+    return onehot * (1 - smoothing) + smoothing * others / others.sum(dim=1, keepdim=True).clamp_min(1)
+
+
+def mix(inputs: dict, targets: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+    """Mixup: a Beta(alpha, alpha) blend of the batch with a shuffled copy of itself, inputs and targets alike."""
+    if alpha <= 0 or targets.shape[0] < 2:
+        return inputs, targets
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(targets.shape[0], generator=generator).to(targets.device)
+    mixed = {k: (lam * v + (1 - lam) * v[perm]) if v.is_floating_point() else v for k, v in inputs.items()}
+    return mixed, lam * targets + (1 - lam) * targets[perm]
+
+
+def split_speakers(data_dir, value: str) -> tuple[list[str], list[str]]:
+    """(training speakers, validation speakers) of the dataset's train split."""
+    speakers = sorted({r["speaker"] for r in EmotionAudioDataset(data_dir, split="train", random_crop=False).items})
+    if value == "none":
+        return speakers, []
+    if value == "auto":  # the last two, leaving at least one to train on
+        held = speakers[len(speakers) - min(2, len(speakers) - 1):] if len(speakers) > 1 else []
+    else:
+        held = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = sorted(set(held) - set(speakers))
+    if unknown:
+        raise ValueError(f"--validation_speakers {unknown} are not training speakers of {data_dir}: {speakers}")
+    train = [s for s in speakers if s not in held]
+    if not train:
+        raise ValueError(f"--validation_speakers leaves no training speaker (speakers: {speakers})")
+    return train, held
+
+
+# ------------------------------------------------------------------------------------------- model
+def build_model(args):
+    if args.pretrained_model:
+        model = load_emotion_classifier(args.pretrained_model)
+        extractor = load_emotion_feature_extractor(args.pretrained_model, model)
+    else:
+        model = build_emotion_classifier(args.preset)
+        extractor = build_emotion_feature_extractor(model)
+    if args.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
+        model.freeze_feature_encoder()
+    return model, extractor
+
+
+class Validator:
+    """Scores the validation speakers' whole utterances as inference does, and keeps the best classifier."""
+
+    def __init__(self, args, dataset, extractor, accelerator, metrics: JsonlLog, output_dir: Path):
+        self.args, self.accelerator, self.metrics, self.extractor = args, accelerator, metrics, extractor
+        self.items = [dataset[i] for i in range(len(dataset))]
+        self.best_path = output_dir / "best.json"
+        self.best = json.loads(self.best_path.read_text()) if self.best_path.is_file() else None
+        self.since_best = 0
+
+    @torch.no_grad()
+    def __call__(self, model, global_step: int) -> dict:
+        probs = predict_emotion(model, self.extractor, [it["audio"].numpy() for it in self.items])
+        labels = torch.tensor([int(it["label"]) for it in self.items])
+        logp = torch.log(probs.clamp_min(1e-8))
+        pred = probs.argmax(-1)
+        results = {"val/loss": F.nll_loss(logp, labels).item(),
+                   "val/accuracy": (pred == labels).float().mean().item()}
+        recalls = {EMOTIONS[c]: (pred[labels == c] == c).float().mean().item()
+                   for c in range(NUM_EMOTIONS) if (labels == c).any()}
+        results["val/balanced_accuracy"] = float(np.mean(list(recalls.values())))
+        results.update({f"val/recall_{name}": value for name, value in recalls.items()})
+        log_scalars(self.accelerator, self.metrics, results, global_step)
+        logger.info(f"step {global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
+        return results
+
+    def is_best(self, results: dict, global_step: int) -> bool:
+        """Record `results` when they are the best so far (balanced accuracy, then loss)."""
+        key = (results["val/balanced_accuracy"], -results["val/loss"])
+        if self.best is not None and key <= (self.best["val/balanced_accuracy"], -self.best["val/loss"]):
+            self.since_best += 1
+            return False
+        self.best, self.since_best = {"step": global_step, **results}, 0
+        _write_json_atomic(self.best_path, self.best)
+        return True
+
+
+def train_loss(model, batch, present, weights, args, generator) -> torch.Tensor:
+    inputs = model_inputs(batch)
+    targets = soft_targets(batch["labels"], present, args.label_smoothing)
+    inputs, targets = mix(inputs, targets, args.mixup_alpha, generator)
+    logits = model(**inputs).logits.float()
+    return -(targets * weights * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # LayerDrop and SpecAugment leave some parameters without gradient in some steps.
+    accelerator = make_accelerator(args, find_unused_parameters=True)
+    logger.info(accelerator.state)
+    output_dir = Path(args.output_dir)
+
+    data_dir = resolve_data_dir(args, accelerator, kind="emotion")
+    train_speakers, val_speakers = split_speakers(data_dir, args.validation_speakers)
+    base = EmotionAudioDataset(data_dir, split="train", max_seconds=args.max_seconds, random_crop=True,
+                               seed=args.seed, speakers=train_speakers)
+    counts = base.class_counts()
+    present = torch.from_numpy(counts > 0)
+    train_dataset = BalancedView(base) if args.sampling == "balanced" else base
+    weights = class_weights(counts, args.class_weighting)
+    logger.info(f"training speakers {train_speakers}, validation speakers {val_speakers or '(test split)'}; "
+                "utterances per class: " + ", ".join(f"{e} {int(n)}" for e, n in zip(EMOTIONS, counts))
+                + f"; {args.sampling} sampling, class weights {[round(float(w), 3) for w in weights]}")
+
+    model, extractor = build_model(args)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    train_dataloader, sampler = make_dataloader(
+        train_dataset, args.train_batch_size, args.seed, args.dataloader_num_workers,
+        functools.partial(collate_emotion, extractor=extractor, args=args, seed=args.seed))
+    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
+    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
+                                                                           lr_scheduler)
+    weights, present = weights.to(accelerator.device), present.to(accelerator.device)
+    # The EMA starts from the prepared (on every process identical) weights.
+    ema = make_ema(accelerator, args, model)
+
+    init_trackers(accelerator, args, "train_emotion")
+    metrics = metrics_log(accelerator, output_dir)
+    batches = batch_log(accelerator, args)
+    run_shape, global_step, first_epoch, skip_batches = start_or_resume(
+        accelerator, args, output_dir, train_dataloader, ema)
+
+    unwrapped = accelerator.unwrap_model(model)
+    logger.info(f"{len(base)} training utterances ({len(train_dataset)} per epoch) from {data_dir}; "
+                f"{accelerator.num_processes} process(es) x batch {args.train_batch_size} x accumulation "
+                f"{accelerator.gradient_accumulation_steps}; {args.max_train_steps} updates; model "
+                f"{sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M parameters")
+    validator = None
+    if accelerator.is_main_process:  # every --validation_steps and always after the last update
+        val_dataset = EmotionAudioDataset(data_dir, split="train" if val_speakers else "test", max_seconds=30.0,
+                                          random_crop=False, seed=args.seed, speakers=val_speakers or None)
+        validator = Validator(args, val_dataset, extractor, accelerator, metrics, output_dir)
+    best_dir = output_dir / "emotion_classifier"
+
+    def validate():
+        if validator is None:
+            return
+        if ema is not None:
+            ema.store(unwrapped.parameters())
+            ema.copy_to(unwrapped.parameters())
+        results = validator(unwrapped, loop.global_step)
+        if val_speakers and validator.is_best(results, loop.global_step):
+            save_component_atomic(unwrapped, best_dir, extras=[extractor])
+        if ema is not None:
+            ema.restore(unwrapped.parameters())
+        if args.early_stopping_patience and validator.since_best >= args.early_stopping_patience:
+            logger.info(f"early stop at step {loop.global_step}: no better validation balanced accuracy in "
+                        f"{validator.since_best} validations (best {validator.best['val/balanced_accuracy']:.3f} "
+                        f"at step {validator.best['step']})")
+            loop.done = True
+
+    generator = torch.Generator().manual_seed(args.seed)
+    model.train()
+    loop = UpdateLoop(accelerator, args, train_dataloader=train_dataloader, sampler=sampler,
+                      output_dir=output_dir, run_shape=run_shape, global_step=global_step,
+                      first_epoch=first_epoch, skip_batches=skip_batches, metrics=metrics, batches=batches,
+                      validate=validate, ema=ema, ema_model=model, loss_format=".4f")
+    for batch in loop:
+        with accelerator.accumulate(model):
+            loss = train_loss(model, batch, present, weights, args, generator)
+            loop.backward_and_step(loss, batch["labels"].shape[0], optimizer, lr_scheduler, params)
+        loop.end_micro_step(batch, loss.item(), lr_scheduler)
+    global_step = loop.global_step
+
+    accelerator.wait_for_everyone()
+    if ema is not None:
+        ema.copy_to(unwrapped.parameters())
+    if args.log_batch_ids:
+        batches.write(final=True, step=global_step, checksum=weights_checksum(unwrapped))
+    if accelerator.is_main_process:
+        if validator is not None and val_speakers and validator.best is not None:
+            logger.info(f"kept the classifier of step {validator.best['step']} (validation balanced accuracy "
+                        f"{validator.best['val/balanced_accuracy']:.3f}) in {best_dir}")
+        else:  # no speaker validation to choose by: the last weights
+            save_component_atomic(unwrapped, best_dir, extras=[extractor])
+        logger.info(f"saved the emotion classifier to {best_dir} (train_diffusion.py --emotion_model {best_dir})")
+    del model, unwrapped, optimizer, lr_scheduler, train_dataloader, ema, validator, params
+    finish(accelerator)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
