@@ -636,6 +636,47 @@ class UpdateLoop:
         return out_of_time, stop
 
 
+class TrainingRun:
+    """What every trainer sets up the same way before its loop, in one call (`prepare_training`): AdamW over
+    `params`, the resumable data loader, the LR schedule, `accelerator.prepare`, the EMA (started from the prepared
+    weights, identical on every process), trackers, the metrics and batch logs, and the resume position."""
+
+    def __init__(self, accelerator, args, output_dir, name: str, model, params, train_dataset, collate_fn,
+                 ema_cls=None, **shape):
+        self.accelerator, self.args, self.output_dir = accelerator, args, output_dir
+        optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                      weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+        loader, self.sampler = make_dataloader(train_dataset, args.train_batch_size, args.seed,
+                                               args.dataloader_num_workers, collate_fn)
+        # The prepared scheduler steps once per process per update (Accelerate), hence the factor inside.
+        lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
+        self.model, self.optimizer, self.train_dataloader, self.lr_scheduler = accelerator.prepare(
+            model, optimizer, loader, lr_scheduler)
+        self.ema = make_ema(accelerator, args, self.model, ema_cls)
+        init_trackers(accelerator, args, name)
+        self.metrics = metrics_log(accelerator, output_dir)
+        self.batches = batch_log(accelerator, args)
+        self.run_shape, self.global_step, self.first_epoch, self.skip_batches = start_or_resume(
+            accelerator, args, output_dir, self.train_dataloader, self.ema, **shape)
+
+    def update_loop(self, validate, loss_format: str = ".4f") -> "UpdateLoop":
+        """The shared `UpdateLoop` over this run's loader, from its resume position."""
+        return UpdateLoop(self.accelerator, self.args, train_dataloader=self.train_dataloader, sampler=self.sampler,
+                          output_dir=self.output_dir, run_shape=self.run_shape, global_step=self.global_step,
+                          first_epoch=self.first_epoch, skip_batches=self.skip_batches, metrics=self.metrics,
+                          batches=self.batches, validate=validate, ema=self.ema, ema_model=self.model,
+                          loss_format=loss_format)
+
+    def finish_weights(self, model, global_step: int) -> None:
+        """After the loop: wait for every process, put the EMA weights into `model` (the unwrapped one) and close
+        the batch log with the final weights' checksum."""
+        self.accelerator.wait_for_everyone()
+        if self.ema is not None:
+            self.ema.copy_to(model.parameters())
+        if self.args.log_batch_ids:
+            self.batches.write(final=True, step=global_step, checksum=weights_checksum(model))
+
+
 class JsonlLog:
     """Append-only JSON-lines file (one object per line); a no-op when `path` is None."""
 

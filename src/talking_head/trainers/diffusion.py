@@ -48,11 +48,10 @@ from talking_head.pipelines.pipeline_talking_head import REFERENCE_CHANNEL, Talk
 from talking_head.presets import PRESETS
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, default_ddpm_scheduler
 from talking_head.training import (
-    JsonlLog, PREDICTION_TYPES, STRUCTURE_LOSSES, TIMESTEP_SAMPLING, UpdateLoop, add_common_args, batch_log,
-    build_mask_noise, build_unet, check_common_args, finish, held_out, init_trackers, log_scalars, log_video,
-    make_accelerator, make_dataloader, make_diffusion_pair, make_ema, make_lr_scheduler, metrics_log,
-    predicted_sample, psnr, region_loss, resolve_data_dir, sample_timesteps, start_or_resume, to_uint8_video,
-    upscale_frames, weights_checksum, write_validation_mp4,
+    JsonlLog, PREDICTION_TYPES, STRUCTURE_LOSSES, TIMESTEP_SAMPLING, TrainingRun, add_common_args, build_mask_noise,
+    build_unet, check_common_args, finish, held_out, log_scalars, log_video, make_accelerator, make_diffusion_pair,
+    predicted_sample, psnr, region_loss, resolve_data_dir, sample_timesteps, to_uint8_video, upscale_frames,
+    write_validation_mp4,
 )
 from talking_head.utils import save_pipeline_atomic
 
@@ -305,23 +304,10 @@ def main(argv=None) -> None:
 
 
     # Paper: Adam, lr 1e-4, cosine annealing over the run (AdamW with weight decay 0 is Adam).
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    train_dataloader, sampler = make_dataloader(train_dataset, args.train_batch_size, args.seed,
-                                                args.dataloader_num_workers, collate_clips)
-    # The prepared scheduler steps once per process per update (Accelerate), hence the factor.
-    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader,
-                                                                          lr_scheduler)
+    run = TrainingRun(accelerator, args, output_dir, "train_diffusion", unet, unet.parameters(), train_dataset,
+                      collate_clips, ema_cls=ClassConditionedUNet3DModel, prediction_type=args.prediction_type)
+    unet, optimizer, lr_scheduler, ema, metrics = run.model, run.optimizer, run.lr_scheduler, run.ema, run.metrics
     mask_noise.to(accelerator.device)
-    # The EMA starts from the prepared (on every process identical) weights.
-    ema = make_ema(accelerator, args, unet, ClassConditionedUNet3DModel)
-
-    init_trackers(accelerator, args, "train_diffusion")
-    metrics = metrics_log(accelerator, output_dir)
-    batches = batch_log(accelerator, args)
-    run_shape, global_step, first_epoch, skip_batches = start_or_resume(
-        accelerator, args, output_dir, train_dataloader, ema, prediction_type=args.prediction_type)
 
     logger.info(f"{len(train_dataset)} training clips of {args.clip_frames} frames at {args.resolution}² from "
                 f"{data_dir}; {accelerator.num_processes} process(es) x batch {args.train_batch_size} x "
@@ -353,10 +339,7 @@ def main(argv=None) -> None:
             ema.restore(model.parameters())
 
     unet.train()
-    loop = UpdateLoop(accelerator, args, train_dataloader=train_dataloader, sampler=sampler,
-                      output_dir=output_dir, run_shape=run_shape, global_step=global_step,
-                      first_epoch=first_epoch, skip_batches=skip_batches, metrics=metrics, batches=batches,
-                      validate=validate, ema=ema, ema_model=unet, loss_format=".4f")
+    loop = run.update_loop(validate)
     for batch in loop:
         with accelerator.accumulate(unet):
             frames = batch["frames"]
@@ -375,12 +358,8 @@ def main(argv=None) -> None:
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
 
-    accelerator.wait_for_everyone()
     model = accelerator.unwrap_model(unet)
-    if ema is not None:
-        ema.copy_to(model.parameters())
-    if args.log_batch_ids:
-        batches.write(final=True, step=global_step, checksum=weights_checksum(model))
+    run.finish_weights(model, global_step)
     if accelerator.is_main_process:
         pipe = TalkingHeadPipeline(unet=model, scheduler=default_ddpm_scheduler(args.prediction_type),
                                    landmark_model=landmark_model, mask_noise=mask_noise.to("cpu"),
@@ -405,7 +384,7 @@ def main(argv=None) -> None:
         (path / "training_info.json").write_text(json.dumps(info, indent=1) + "\n")
         logger.info(f"saved the pipeline to {path}: " + "; ".join(f"{k}: {v}" for k, v in info["components"].items()))
         del pipe
-    del unet, model, optimizer, lr_scheduler, train_dataloader, ema, validator, landmark_model, classifier
+    del unet, model, optimizer, lr_scheduler, run, ema, validator, landmark_model, classifier
     finish(accelerator)
 
 

@@ -48,9 +48,8 @@ from talking_head.models.emotion_classifier import (EMOTION_CLASSIFIER_PRESETS, 
                                                     load_emotion_classifier, load_emotion_feature_extractor,
                                                     predict_emotion)
 from talking_head.training import (
-    JsonlLog, UpdateLoop, _write_json_atomic, add_common_args, batch_log, check_common_args, finish, init_trackers, log_scalars,
-    make_accelerator, make_dataloader, make_ema, make_lr_scheduler, metrics_log, resolve_data_dir,
-    save_component_atomic, start_or_resume, weights_checksum,
+    JsonlLog, TrainingRun, _write_json_atomic, add_common_args, check_common_args, finish, log_scalars,
+    make_accelerator, resolve_data_dir, save_component_atomic,
 )
 
 logger = logging.getLogger("train_emotion")
@@ -322,23 +321,10 @@ def main(argv=None) -> None:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    train_dataloader, sampler = make_dataloader(
-        train_dataset, args.train_batch_size, args.seed, args.dataloader_num_workers,
-        functools.partial(collate_emotion, extractor=extractor, args=args, seed=args.seed))
-    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
-                                                                           lr_scheduler)
+    run = TrainingRun(accelerator, args, output_dir, "train_emotion", model, params, train_dataset,
+                      functools.partial(collate_emotion, extractor=extractor, args=args, seed=args.seed))
+    model, optimizer, lr_scheduler, ema, metrics = run.model, run.optimizer, run.lr_scheduler, run.ema, run.metrics
     weights, present = weights.to(accelerator.device), present.to(accelerator.device)
-    # The EMA starts from the prepared (on every process identical) weights.
-    ema = make_ema(accelerator, args, model)
-
-    init_trackers(accelerator, args, "train_emotion")
-    metrics = metrics_log(accelerator, output_dir)
-    batches = batch_log(accelerator, args)
-    run_shape, global_step, first_epoch, skip_batches = start_or_resume(
-        accelerator, args, output_dir, train_dataloader, ema)
 
     unwrapped = accelerator.unwrap_model(model)
     logger.info(f"{len(base)} training utterances ({len(train_dataset)} per epoch) from {data_dir}; "
@@ -371,10 +357,7 @@ def main(argv=None) -> None:
 
     generator = torch.Generator().manual_seed(args.seed)
     model.train()
-    loop = UpdateLoop(accelerator, args, train_dataloader=train_dataloader, sampler=sampler,
-                      output_dir=output_dir, run_shape=run_shape, global_step=global_step,
-                      first_epoch=first_epoch, skip_batches=skip_batches, metrics=metrics, batches=batches,
-                      validate=validate, ema=ema, ema_model=model, loss_format=".4f")
+    loop = run.update_loop(validate)
     for batch in loop:
         with accelerator.accumulate(model):
             loss = train_loss(model, batch, present, weights, args, generator)
@@ -382,11 +365,7 @@ def main(argv=None) -> None:
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
 
-    accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to(unwrapped.parameters())
-    if args.log_batch_ids:
-        batches.write(final=True, step=global_step, checksum=weights_checksum(unwrapped))
+    run.finish_weights(unwrapped, global_step)
     if accelerator.is_main_process:
         if validator is not None and val_speakers and validator.best is not None:
             logger.info(f"kept the classifier of step {validator.best['step']} (validation balanced accuracy "
@@ -394,7 +373,7 @@ def main(argv=None) -> None:
         else:  # no speaker validation to choose by: the last weights
             save_component_atomic(unwrapped, best_dir, extras=[extractor])
         logger.info(f"saved the emotion classifier to {best_dir} (train_diffusion.py --emotion_model {best_dir})")
-    del model, unwrapped, optimizer, lr_scheduler, train_dataloader, ema, validator, params
+    del model, unwrapped, optimizer, lr_scheduler, run, ema, validator, params
     finish(accelerator)
 
 

@@ -40,10 +40,9 @@ from talking_head.constants import NUM_EMOTIONS, SAMPLE_RATE
 from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 from talking_head.training import (
-    JsonlLog, LANDMARK_PRESETS, UpdateLoop, add_common_args, batch_log, check_common_args, draw_landmarks, finish,
-    held_out, init_trackers, landmark_distance, log_scalars, log_video, make_accelerator, make_dataloader, make_ema,
-    make_lr_scheduler, metrics_log, resolve_data_dir, save_component_atomic, start_or_resume, to_uint8_video,
-    weights_checksum, write_validation_mp4,
+    JsonlLog, LANDMARK_PRESETS, TrainingRun, add_common_args, check_common_args, draw_landmarks, finish, held_out,
+    landmark_distance, log_scalars, log_video, make_accelerator, resolve_data_dir, save_component_atomic,
+    to_uint8_video, write_validation_mp4,
 )
 
 logger = logging.getLogger("train_landmarks")
@@ -577,21 +576,9 @@ def main(argv=None) -> None:
     if args.domain_bias:
         domain_bias = torch.nn.Parameter(torch.zeros(68, 2))
         params.append(domain_bias)
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    train_dataloader, sampler = make_dataloader(train_dataset, args.train_batch_size, args.seed,
-                                                args.dataloader_num_workers, collate_clips)
-    lr_scheduler = make_lr_scheduler(args, optimizer, accelerator)
-    model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
-                                                                           lr_scheduler)
-    # The EMA starts from the prepared (on every process identical) weights.
-    ema = make_ema(accelerator, args, model, KFusionLandmarkModel)
-
-    init_trackers(accelerator, args, "train_landmarks")
-    metrics = metrics_log(accelerator, output_dir)
-    batches = batch_log(accelerator, args)
-    run_shape, global_step, first_epoch, skip_batches = start_or_resume(
-        accelerator, args, output_dir, train_dataloader, ema)
+    run = TrainingRun(accelerator, args, output_dir, "train_landmarks", model, params, train_dataset, collate_clips,
+                      ema_cls=KFusionLandmarkModel)
+    model, optimizer, lr_scheduler, ema, metrics = run.model, run.optimizer, run.lr_scheduler, run.ema, run.metrics
 
     unwrapped = accelerator.unwrap_model(model)
     logger.info(f"{len(train_dataset)} training windows of {args.clip_frames} frames from {data_dir}; "
@@ -614,10 +601,7 @@ def main(argv=None) -> None:
             ema.restore(unwrapped.parameters())
 
     model.train()
-    loop = UpdateLoop(accelerator, args, train_dataloader=train_dataloader, sampler=sampler,
-                      output_dir=output_dir, run_shape=run_shape, global_step=global_step,
-                      first_epoch=first_epoch, skip_batches=skip_batches, metrics=metrics, batches=batches,
-                      validate=validate, ema=ema, ema_model=model, loss_format=".3g")
+    loop = run.update_loop(validate, loss_format=".3g")
     aug_generator = torch.Generator().manual_seed(args.seed + 1000 * accelerator.process_index)
     for batch in loop:
         with accelerator.accumulate(model):
@@ -641,11 +625,7 @@ def main(argv=None) -> None:
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
 
-    accelerator.wait_for_everyone()
-    if ema is not None:
-        ema.copy_to(unwrapped.parameters())
-    if args.log_batch_ids:
-        batches.write(final=True, step=global_step, checksum=weights_checksum(unwrapped))
+    run.finish_weights(unwrapped, global_step)
     if accelerator.is_main_process:
         path = save_component_atomic(unwrapped, output_dir / "landmark_model")
         if domain_bias is not None:
@@ -658,7 +638,7 @@ def main(argv=None) -> None:
             logger.info(f"--domain_bias: mean point shift {float(np.linalg.norm(bias, axis=-1).mean()):.4f} face "
                         "widths (not saved in the model)")
         logger.info(f"saved the landmark model to {path} (train_diffusion.py --landmark_model {path})")
-    del model, unwrapped, optimizer, lr_scheduler, train_dataloader, ema, validator, params
+    del model, unwrapped, optimizer, lr_scheduler, run, ema, validator, params
     finish(accelerator)
 
 
