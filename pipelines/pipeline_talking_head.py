@@ -43,6 +43,7 @@ from talking_head.landmark_stream import LandmarkStream
 from talking_head.models.emotion_classifier import predict_emotion
 from talking_head.models.mask_noise import gaussian_blur
 from talking_head.mouth_box import BoxTrack, MouthBox, feather, follow_face
+from talking_head.mouth_rest import peak_level_db, rest_mouth, rest_weights
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, sdedit_timesteps, validate_t_start
 
 logger = logging.get_logger(__name__)  # diffusers' logger: warnings show by default
@@ -102,6 +103,13 @@ def check_emotion_scale(emotion_scale) -> float:
         raise ValueError(f"emotion_scale must be a finite number >= 0 (0 = neutral, 1 = as learned, > 1 = "
                          f"exaggerated), got {emotion_scale!r}")
     return float(emotion_scale)
+
+
+def detected_emotion_scale(emotion_scale: float, probs: np.ndarray | None, batch: int) -> np.ndarray:
+    """(batch,) the emotion_scale per item: as given, or, for an emotion the classifier detected (`probs`, (B, 8)),
+    times the classifier's probability for it."""
+    scales = np.full(batch, float(emotion_scale), dtype=np.float32)
+    return scales if probs is None else scales * np.asarray(probs, dtype=np.float32).max(axis=1)
 
 
 def _as_list(x):
@@ -229,6 +237,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
             (mean absolute difference, pixel range [-1, 1], after a small blur), the frame's own full-resolution
             pixels are kept instead of the 64² box upscaled: skin that did not move stays sharp, only what
             changed (lips, teeth, jaw) is drawn. 0 blends the whole region in.
+        rest_mouth_on_silence: on silent frames the predicted mouth and jaw return to the identity's own
+            (`talking_head.mouth_rest`: a weight from each frame's audio level against the loudest nearby),
+            so the mouth is closed before the speech starts and between sentences.
         unet_emotion_conditioning: whether the renderer's class input learned the emotions. False (the bundled
             pipeline: its UNet was trained on unlabelled video, so only its null-class row is trained): the UNet
             always gets the null class and the emotion reaches the face only through the landmarks (the landmark
@@ -242,14 +253,15 @@ class TalkingHeadPipeline(DiffusionPipeline):
     def __init__(self, unet, scheduler, landmark_model, mask_noise, emotion_classifier=None,
                  feature_extractor=None, clip_frames: int = 16, clip_overlap: int = 4,
                  landmark_chunk_frames: int = 250, keep_threshold: float = 0.1,
-                 unet_emotion_conditioning: bool = True):
+                 unet_emotion_conditioning: bool = True, rest_mouth_on_silence: bool = True):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, landmark_model=landmark_model,
                               mask_noise=mask_noise, emotion_classifier=emotion_classifier,
                               feature_extractor=feature_extractor)
         self.register_to_config(clip_frames=clip_frames, clip_overlap=clip_overlap,
                                 landmark_chunk_frames=landmark_chunk_frames, keep_threshold=keep_threshold,
-                                unet_emotion_conditioning=unet_emotion_conditioning)
+                                unet_emotion_conditioning=unet_emotion_conditioning,
+                                rest_mouth_on_silence=rest_mouth_on_silence)
         self.check_components()
 
     # ------------------------------------------------------------------ checks
@@ -263,6 +275,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
         keep = cfg.keep_threshold
         if not (_is_number(keep) and math.isfinite(keep) and 0 <= keep <= 2):
             raise ValueError(f"keep_threshold must be a number in [0, 2], got {keep!r}")
+        if not isinstance(cfg.rest_mouth_on_silence, bool):
+            raise ValueError(f"rest_mouth_on_silence must be true or false, got {cfg.rest_mouth_on_silence!r}")
         if not isinstance(cfg.unet_emotion_conditioning, bool):
             raise ValueError(f"unet_emotion_conditioning must be true or false, got {cfg.unet_emotion_conditioning!r}")
         if not (isinstance(cfg.landmark_chunk_frames, int) and cfg.landmark_chunk_frames >= 1):
@@ -423,9 +437,10 @@ class TalkingHeadPipeline(DiffusionPipeline):
         """Yields the landmarks of consecutive frames, (B, n, 68, 2) normalised to the face crop: the first
         `first` frames (default: a whole chunk), then chunks of `landmark_chunk_frames`.
 
-        `emotion_scale` s: landmarks = neutral + s * (emotion - neutral), the landmark model's predictions with
-        the neutral class and with each item's emotion (0 = the neutral class's exactly, 1 = as learned, > 1
-        exaggerated). Items asking for no emotion (the null class) or neutral are not scaled.
+        `emotion_scale` s (one number, or one per item): landmarks = neutral + s * (emotion - neutral), the
+        landmark model's predictions with the neutral class and with each item's emotion (0 = the neutral class's
+        exactly, 1 = as learned, > 1 exaggerated). Items asking for no emotion (the null class) or neutral are
+        not scaled.
 
         Each chunk sees one second of audio beyond each of its ends, so a chunk's edge frames have the same
         context as inside one long call. A generator: the pipeline predicts a chunk when the renderer needs it.
@@ -435,6 +450,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
         chunk = int(self.config.landmark_chunk_frames)
         margin = int(np.ceil(fps))
         spf = SAMPLE_RATE / fps
+        scales = torch.as_tensor(emotion_scale, dtype=torch.float32).reshape(-1).expand(waveforms.shape[0])
+        rest = bool(self.config.rest_mouth_on_silence)
+        peaks = [peak_level_db(w.numpy(), SAMPLE_RATE, fps) for w in waveforms.float().cpu()] if rest else None
         f0 = 0
         while f0 < num_frames:
             f1 = min(num_frames, f0 + (chunk if f0 or not first else min(chunk, int(first))))
@@ -444,13 +462,18 @@ class TalkingHeadPipeline(DiffusionPipeline):
             pred = model(piece.to(device), identity_landmarks.to(device), num_frames=a1 - a0, fps=fps,
                          emotion_labels=emotion_labels.to(device)).landmarks
             scaled = (emotion_labels != NULL_EMOTION) & (emotion_labels != EMOTIONS.index("neutral"))
-            if float(emotion_scale) != 1.0 and bool(scaled.any()):
+            if bool((scales != 1.0).any()) and bool(scaled.any()):
                 neutral = torch.full_like(emotion_labels, EMOTIONS.index("neutral"))
                 base = model(piece.to(device), identity_landmarks.to(device), num_frames=a1 - a0, fps=fps,
                              emotion_labels=neutral.to(device)).landmarks
-                mixed = base + float(emotion_scale) * (pred - base)
+                mixed = base + scales.to(device)[:, None, None, None] * (pred - base)
                 pred = torch.where(scaled.to(device)[:, None, None, None], mixed, pred)
-            yield pred[:, f0 - a0: f1 - a0].float().cpu()
+            pred = pred.float().cpu()
+            if rest:  # talking_head.mouth_rest: silence closes the mouth
+                weights = torch.from_numpy(np.stack([rest_weights(w.numpy(), SAMPLE_RATE, fps, a1 - a0, peak)
+                                                     for w, peak in zip(piece.float().cpu(), peaks)]))
+                pred = rest_mouth(pred, identity_landmarks.float().cpu(), weights)
+            yield pred[:, f0 - a0: f1 - a0]
             f0 = f1
 
     def clip_starts(self, num_frames: int) -> list[int]:
@@ -559,7 +582,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
             guidance_scale: classifier-free guidance on the emotion class; 1 = off.
             emotion_scale: how much of the emotion the landmarks show: landmarks = neutral + emotion_scale *
                 (emotion - neutral), from the landmark model with the neutral class and with the emotion;
-                0 = neutral, 1 = as learned (default), > 1 = exaggerated. A finite number >= 0.
+                0 = neutral, 1 = as learned (default), > 1 = exaggerated. A finite number >= 0. An emotion the
+                classifier detected (no `emotion=` given) is shown at emotion_scale x the classifier's
+                probability for it, so an unsure classifier draws a mild expression, never a strong wrong one.
             fps: video frame rate. The frame count is round(duration * fps).
             sample_rate: the rate of an array/tensor `audio`.
             identity_landmarks: (68, 2) pixel landmarks of `identity_frame` (per item
@@ -624,13 +649,14 @@ class TalkingHeadPipeline(DiffusionPipeline):
             # 3. Emotion: the caller's choice, or the classifier's, or (no classifier) none: the null class.
             names, probs = self._emotions(emotion, waves, batch)
             labels = torch.tensor([emotion_label(n) for n in names], dtype=torch.long)
+            scales = detected_emotion_scale(emotion_scale, probs if emotion is None else None, batch)
             # 4. Landmarks for every output frame, in pixels of the frame it is drawn on (the landmark
             #    model's displacements from the reference's landmarks, unless given).
             #    Predicted landmarks are made chunk by chunk as the clips need them (talking_head.landmark_stream).
             views = [_OutputView(src.photo(src.reference), output_crop, max_size) for src in sources]
             if landmarks is None:
                 self._warn_untrained_emotions(names)
-                points = self._predicted_landmarks(sources, wave_batch, num_frames, fps, labels, emotion_scale)
+                points = self._predicted_landmarks(sources, wave_batch, num_frames, fps, labels, scales)
             else:
                 points = LandmarkStream.given(self._given_landmarks(landmarks, batch, num_frames, views))
             # 5. Render the lower face clip by clip and composite it into the frames.

@@ -215,6 +215,7 @@ class Evaluation:
     def __init__(self, config: EvalConfig, pipe=None):
         self.cfg = config
         self.pipe = pipe
+        self.emotion_scales: dict = {}  # clip id -> emotion_scale of a detected emotion (its probability)
         self.out = Path(config.output)
         self.log_lines: list[str] = []
         self.metrics: dict = {}
@@ -308,6 +309,8 @@ class Evaluation:
             return clip.emotion, "label"
         if self.pipe is not None and self.pipe.emotion_classifier is not None:
             probs = self.pipe.classify_emotion([clip.audio])
+            # Shown as the pipeline shows a detected emotion: scaled by the classifier's probability.
+            self.emotion_scales[clip.clip_id] = float(probs[0].max())
             return EMOTIONS[int(probs[0].argmax())], "classifier"
         if mode == "classifier":
             raise ValueError("--emotion classifier: the pipeline has no emotion classifier")
@@ -324,7 +327,8 @@ class Evaluation:
         wave = torch.from_numpy(clip.audio)[None]
         ident = torch.from_numpy(clip.reference_landmarks / float(clip.size))[None].float()
         labels = torch.tensor([emotion_label(self.emotions[clip.clip_id][0])])
-        pred = pipe.predict_landmarks(wave, ident, clip.num_frames, clip.fps, labels)[0].numpy()
+        scale = self.emotion_scales.get(clip.clip_id, 1.0)
+        pred = pipe.predict_landmarks(wave, ident, clip.num_frames, clip.fps, labels, scale)[0].numpy()
         return (pred * LD_SIZE).astype(np.float32)
 
     def _evaluate_landmark_model(self) -> dict:
@@ -459,7 +463,8 @@ class Evaluation:
                     kwargs = dict(sample_rate=SAMPLE_RATE, identity_landmarks=clip.reference_landmarks,
                                   emotion=self.emotions[clip.clip_id][0], t_start=t_start,
                                   num_inference_steps=steps, guidance_scale=self.cfg.guidance_scale,
-                                  fps=clip.fps, generator=generator, output_type=None, frames_callback=scorer)
+                                  fps=clip.fps, generator=generator, output_type=None, frames_callback=scorer,
+                                  emotion_scale=self.emotion_scales.get(clip.clip_id, 1.0))
                     if self.cfg.protocol == "dubbing":
                         from talking_head.evaluation.dubbing import clip_video
 
@@ -583,6 +588,7 @@ class Evaluation:
         self.log(f"{len(self.clips)} {cfg.split} clips, {n_frames} frames "
                  f"({sum(c.seconds for c in self.clips):.1f} s) of {cfg.data}; scoring at {self.size}x{self.size}")
 
+        self.emotion_scales = {}
         self.emotions = {c.clip_id: self._emotion_for(c) for c in self.clips}
         m = self.metrics
         m.update({
