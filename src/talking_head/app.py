@@ -265,6 +265,9 @@ class TalkingHeadApp:
         shown = result.emotion[0]
         if emotion is not None:
             how = "chosen"
+            if result.emotion_probs is not None:
+                probs = np.asarray(result.emotion_probs)[0]
+                how += f"; the classifier heard {EMOTIONS[int(np.argmax(probs))]}, p = {float(np.max(probs)):.2f}"
         elif result.emotion_probs is None:
             how = "auto; no classifier: neutral/null class"
         else:
