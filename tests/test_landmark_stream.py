@@ -88,8 +88,8 @@ def test_first_frames_come_out_before_the_whole_speech_has_landmarks():
     try:
         out = pipe(voice_like(3.0), np.full((80, 80, 3), 100, np.uint8), sample_rate=16000,
                    identity_landmarks=synthetic_face_landmarks(80), num_inference_steps=1,
-                   generator=torch.Generator().manual_seed(0), output_type=None,
-                   frames_callback=lambda f: seen.append(len(calls)))
+                   generator=torch.Generator().manual_seed(0), output_type=None, emotion="none",
+                   frames_callback=lambda f: seen.append(len(calls)))  # "none": one landmark pass per chunk
     finally:
         handle.remove()
     assert out.landmarks.shape == (1, 75, 68, 2) and np.isfinite(out.landmarks).all()
