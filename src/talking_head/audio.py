@@ -360,3 +360,28 @@ def probe_media(path) -> dict:
             if rate:
                 info["audio_rate"] = int(rate.group(1))
     return info
+
+
+def frame_levels_db(audio, sample_rate: int, fps: float, num_frames: int) -> np.ndarray:
+    """RMS level in dB (re full scale 1.0) of the audio of each video frame, [f / fps, (f + 1) / fps);
+    frames past the end of the audio are -inf (silence)."""
+    wave = np.asarray(audio, dtype=np.float64)
+    if wave.ndim != 1:
+        raise ValueError(f"audio must be 1-D mono samples, got shape {wave.shape}")
+    if not np.isfinite(wave).all():
+        raise ValueError("audio contains NaN or infinite values")
+    if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    if not (isinstance(fps, (int, float, np.integer, np.floating)) and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+    if int(num_frames) != num_frames or num_frames < 0:
+        raise ValueError(f"num_frames must be a non-negative integer, got {num_frames!r}")
+    num_frames = int(num_frames)
+    edges = np.round(np.arange(num_frames + 1) * sample_rate / float(fps)).astype(np.int64)
+    edges = np.clip(edges, 0, len(wave))
+    cumsum = np.concatenate([[0.0], np.cumsum(wave * wave)])
+    counts = np.diff(edges)
+    energy = np.diff(cumsum[edges])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_square = np.where(counts > 0, energy / np.maximum(counts, 1), 0.0)
+        return 10.0 * np.log10(np.maximum(mean_square, 0.0))

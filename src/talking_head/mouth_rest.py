@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from talking_head.evaluation.lip_motion import frame_levels_db
+from talking_head.audio import frame_levels_db
 
 __all__ = ["REST_POINTS", "peak_level_db", "rest_weights", "rest_mouth"]
 

@@ -31,6 +31,7 @@ sleep after every optimizer step, so a test can reliably kill a tiny run between
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import io
@@ -659,6 +660,11 @@ class TrainingRun:
         self.run_shape, self.global_step, self.first_epoch, self.skip_batches = start_or_resume(
             accelerator, args, output_dir, self.train_dataloader, self.ema, **shape)
 
+    def shape_line(self) -> str:
+        """'P process(es) x batch B x accumulation A; N updates', for each trainer's opening log line."""
+        return (f"{self.accelerator.num_processes} process(es) x batch {self.args.train_batch_size} x accumulation "
+                f"{self.accelerator.gradient_accumulation_steps}; {self.args.max_train_steps} updates")
+
     def update_loop(self, validate, loss_format: str = ".4f") -> "UpdateLoop":
         """The shared `UpdateLoop` over this run's loader, from its resume position."""
         return UpdateLoop(self.accelerator, self.args, train_dataloader=self.train_dataloader, sampler=self.sampler,
@@ -666,6 +672,19 @@ class TrainingRun:
                           first_epoch=self.first_epoch, skip_batches=self.skip_batches, metrics=self.metrics,
                           batches=self.batches, validate=validate, ema=self.ema, ema_model=self.model,
                           loss_format=loss_format)
+
+    @contextlib.contextmanager
+    def averaged_weights(self, model):
+        """Inside: `model` (the unwrapped one) holds the EMA weights, for validation; its own come back after."""
+        if self.ema is None:
+            yield model
+            return
+        self.ema.store(model.parameters())
+        self.ema.copy_to(model.parameters())
+        try:
+            yield model
+        finally:
+            self.ema.restore(model.parameters())
 
     def finish_weights(self, model, global_step: int) -> None:
         """After the loop: wait for every process, put the EMA weights into `model` (the unwrapped one) and close

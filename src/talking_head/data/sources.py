@@ -262,18 +262,7 @@ def emotion_audio_jobs(root, *, test_speakers=None, calm="skip") -> tuple[list[d
     if not items:
         raise ValueError(f"no RAVDESS-style audio files found under {root}")
     actors = sorted({it["speaker"] for it in items}, key=int)
-    if test_speakers is None:
-        n = max(1, len(actors) // 4) if len(actors) > 1 else 0
-        test = set(actors[len(actors) - n :])
-    else:
-        wanted = {int(s) for s in _split_list(test_speakers)}
-        unknown = wanted - {int(a) for a in actors}
-        if unknown:
-            raise ValueError(
-                f"--test-speakers {', '.join(str(u) for u in sorted(unknown))} not found "
-                f"(actors present: {', '.join(actors)})"
-            )
-        test = {a for a in actors if int(a) in wanted}
+    test = held_out_actors(actors, test_speakers, max(1, len(actors) // 4) if len(actors) > 1 else 0)
     for it in items:
         it["split"] = "test" if it["speaker"] in test else "train"
     return items, skipped
@@ -288,19 +277,26 @@ def parse_cremad_name(name: str) -> dict | None:
     return {"actor": actor, "sentence": sentence, "emotion": CREMAD_EMOTIONS[emo], "level": CREMAD_LEVELS[level]}
 
 
-def cremad_test_actors(actors, test_speakers=None, test_fraction: float = 0.2) -> set[str]:
-    """The held-out actors: `test_speakers` (comma-separated numbers) or the last `test_fraction` of them."""
+def held_out_actors(actors, test_speakers=None, default_count: int = 1) -> set[str]:
+    """The held-out actors (numbers as strings): `test_speakers` (comma-separated numbers), or the last
+    `default_count` by number."""
     actors = sorted(set(actors), key=int)
     if test_speakers is None:
-        n = int(round(test_fraction * len(actors))) if len(actors) > 1 else 0
-        n = min(max(n, 1), len(actors) - 1) if len(actors) > 1 else 0
-        return set(actors[len(actors) - n:])
+        return set(actors[len(actors) - default_count:]) if default_count else set()
     wanted = {int(s) for s in _split_list(test_speakers)}
     unknown = wanted - {int(a) for a in actors}
     if unknown:
         raise ValueError(f"--test-speakers {', '.join(str(u) for u in sorted(unknown))} not found "
                          f"(actors present: {', '.join(actors)})")
     return {a for a in actors if int(a) in wanted}
+
+
+def cremad_test_actors(actors, test_speakers=None, test_fraction: float = 0.2) -> set[str]:
+    """The held-out CREMA-D actors: `test_speakers`, or the last `test_fraction` of them (at least one, and one
+    left to train on)."""
+    n = len(set(actors))
+    count = min(max(int(round(test_fraction * n)), 1), n - 1) if n > 1 else 0
+    return held_out_actors(actors, test_speakers, count)
 
 
 def cremad_jobs(root, *, test_speakers=None) -> tuple[list[dict], list[dict]]:

@@ -306,13 +306,11 @@ def main(argv=None) -> None:
     # Paper: Adam, lr 1e-4, cosine annealing over the run (AdamW with weight decay 0 is Adam).
     run = TrainingRun(accelerator, args, output_dir, "train_diffusion", unet, unet.parameters(), train_dataset,
                       collate_clips, ema_cls=ClassConditionedUNet3DModel, prediction_type=args.prediction_type)
-    unet, optimizer, lr_scheduler, ema, metrics = run.model, run.optimizer, run.lr_scheduler, run.ema, run.metrics
+    unet, optimizer, lr_scheduler, metrics = run.model, run.optimizer, run.lr_scheduler, run.metrics
     mask_noise.to(accelerator.device)
 
     logger.info(f"{len(train_dataset)} training clips of {args.clip_frames} frames at {args.resolution}² from "
-                f"{data_dir}; {accelerator.num_processes} process(es) x batch {args.train_batch_size} x "
-                f"accumulation {accelerator.gradient_accumulation_steps}; {args.max_train_steps} updates; "
-                f"prediction_type={args.prediction_type}, timesteps {args.timestep_sampling}; "
+                f"{data_dir}; {run.shape_line()}; prediction_type={args.prediction_type}, timesteps {args.timestep_sampling}; "
                 f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
 
     validator = None
@@ -330,13 +328,8 @@ def main(argv=None) -> None:
     def validate():
         if validator is None:
             return
-        model = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-        validator(model, mask_noise, loop.global_step)
-        if ema is not None:
-            ema.restore(model.parameters())
+        with run.averaged_weights(accelerator.unwrap_model(unet)) as model:
+            validator(model, mask_noise, loop.global_step)
 
     unet.train()
     loop = run.update_loop(validate)
@@ -384,7 +377,7 @@ def main(argv=None) -> None:
         (path / "training_info.json").write_text(json.dumps(info, indent=1) + "\n")
         logger.info(f"saved the pipeline to {path}: " + "; ".join(f"{k}: {v}" for k, v in info["components"].items()))
         del pipe
-    del unet, model, optimizer, lr_scheduler, run, ema, validator, landmark_model, classifier
+    del unet, model, optimizer, lr_scheduler, run, validator, landmark_model, classifier
     finish(accelerator)
 
 

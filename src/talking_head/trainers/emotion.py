@@ -323,14 +323,12 @@ def main(argv=None) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     run = TrainingRun(accelerator, args, output_dir, "train_emotion", model, params, train_dataset,
                       functools.partial(collate_emotion, extractor=extractor, args=args, seed=args.seed))
-    model, optimizer, lr_scheduler, ema, metrics = run.model, run.optimizer, run.lr_scheduler, run.ema, run.metrics
+    model, optimizer, lr_scheduler, metrics = run.model, run.optimizer, run.lr_scheduler, run.metrics
     weights, present = weights.to(accelerator.device), present.to(accelerator.device)
 
     unwrapped = accelerator.unwrap_model(model)
     logger.info(f"{len(base)} training utterances ({len(train_dataset)} per epoch) from {data_dir}; "
-                f"{accelerator.num_processes} process(es) x batch {args.train_batch_size} x accumulation "
-                f"{accelerator.gradient_accumulation_steps}; {args.max_train_steps} updates; model "
-                f"{sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M parameters")
+                f"{run.shape_line()}; model {sum(p.numel() for p in unwrapped.parameters()) / 1e6:.2f}M parameters")
     validator = None
     if accelerator.is_main_process:  # every --validation_steps and always after the last update
         val_dataset = EmotionAudioDataset(data_dir, split="train" if val_speakers else "test", max_seconds=30.0,
@@ -341,14 +339,10 @@ def main(argv=None) -> None:
     def validate():
         if validator is None:
             return
-        if ema is not None:
-            ema.store(unwrapped.parameters())
-            ema.copy_to(unwrapped.parameters())
-        results = validator(unwrapped, loop.global_step)
-        if val_speakers and validator.is_best(results, loop.global_step):
-            save_component_atomic(unwrapped, best_dir, extras=[extractor])
-        if ema is not None:
-            ema.restore(unwrapped.parameters())
+        with run.averaged_weights(unwrapped):
+            results = validator(unwrapped, loop.global_step)
+            if val_speakers and validator.is_best(results, loop.global_step):
+                save_component_atomic(unwrapped, best_dir, extras=[extractor])
         if args.early_stopping_patience and validator.since_best >= args.early_stopping_patience:
             logger.info(f"early stop at step {loop.global_step}: no better validation balanced accuracy in "
                         f"{validator.since_best} validations (best {validator.best['val/balanced_accuracy']:.3f} "
@@ -373,7 +367,7 @@ def main(argv=None) -> None:
         else:  # no speaker validation to choose by: the last weights
             save_component_atomic(unwrapped, best_dir, extras=[extractor])
         logger.info(f"saved the emotion classifier to {best_dir} (train_diffusion.py --emotion_model {best_dir})")
-    del model, unwrapped, optimizer, lr_scheduler, run, ema, validator, params
+    del model, unwrapped, optimizer, lr_scheduler, run, validator, params
     finish(accelerator)
 
 

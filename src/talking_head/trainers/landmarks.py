@@ -578,12 +578,11 @@ def main(argv=None) -> None:
         params.append(domain_bias)
     run = TrainingRun(accelerator, args, output_dir, "train_landmarks", model, params, train_dataset, collate_clips,
                       ema_cls=KFusionLandmarkModel)
-    model, optimizer, lr_scheduler, ema, metrics = run.model, run.optimizer, run.lr_scheduler, run.ema, run.metrics
+    model, optimizer, lr_scheduler, metrics = run.model, run.optimizer, run.lr_scheduler, run.metrics
 
     unwrapped = accelerator.unwrap_model(model)
     logger.info(f"{len(train_dataset)} training windows of {args.clip_frames} frames from {data_dir}; "
-                f"{accelerator.num_processes} process(es) x batch {args.train_batch_size} x accumulation "
-                f"{accelerator.gradient_accumulation_steps}; {args.max_train_steps} updates; model "
+                f"{run.shape_line()}; model "
                 f"{sum(p.numel() for p in unwrapped.parameters() if p.requires_grad) / 1e6:.2f}M trainable parameters")
     validator = None
     if accelerator.is_main_process and args.validation_clips > 0:
@@ -592,13 +591,8 @@ def main(argv=None) -> None:
     def validate():
         if validator is None:
             return
-        if ema is not None:
-            ema.store(unwrapped.parameters())
-            ema.copy_to(unwrapped.parameters())
-        with torch.random.fork_rng(devices=[]):
+        with run.averaged_weights(unwrapped), torch.random.fork_rng(devices=[]):
             validator(unwrapped, loop.global_step)
-        if ema is not None:
-            ema.restore(unwrapped.parameters())
 
     model.train()
     loop = run.update_loop(validate, loss_format=".3g")
@@ -638,7 +632,7 @@ def main(argv=None) -> None:
             logger.info(f"--domain_bias: mean point shift {float(np.linalg.norm(bias, axis=-1).mean()):.4f} face "
                         "widths (not saved in the model)")
         logger.info(f"saved the landmark model to {path} (train_diffusion.py --landmark_model {path})")
-    del model, unwrapped, optimizer, lr_scheduler, run, ema, validator, params
+    del model, unwrapped, optimizer, lr_scheduler, run, validator, params
     finish(accelerator)
 
 
