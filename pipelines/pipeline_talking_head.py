@@ -58,7 +58,8 @@ class TalkingHeadPipelineOutput(BaseOutput):
         the frames went to `frames_callback` only). H x W is the photo's size
         (capped by `max_size`), or the face crop's with `output_crop=True`.
     landmarks: (B, F, 68, 2) float32, (x, y) in pixels of the output frame.
-    emotion: B emotion names (predicted, or the one given).
+    emotion: B emotion names rendered (the one given, or the one detected; "neutral" for a video whose detected
+        emotion is only reported, see `detected_emotion_in_video`).
     emotion_probs: (B, 8) probabilities the classifier heard (also when `emotion` was given), or None
         without a classifier.
     fps: frames per second of `frames`.
@@ -244,6 +245,11 @@ class TalkingHeadPipeline(DiffusionPipeline):
             pipeline: its UNet was trained on unlabelled video, so only its null-class row is trained): the UNet
             always gets the null class and the emotion reaches the face only through the landmarks (the landmark
             model's emotion input, `emotion_scale`); `guidance_scale` then has nothing to guide.
+        detected_emotion_in_video: whether an emotion the classifier detected (no `emotion=` given) is drawn on
+            a video identity (dubbing). False (default): a video's eyes, brows and cheeks already show the
+            person's own expression, so the mouth moves with the speech at the neutral class and the detected
+            emotion is only reported (an emotion given by name is drawn). Measured on the dubbing protocol,
+            the classifier's guesses on neutral speech (sad, disgusted) cost 0.7 dB PSNR and 0.25 px M-LD.
     """
 
     model_cpu_offload_seq = "emotion_classifier->landmark_model->unet"
@@ -253,7 +259,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
     def __init__(self, unet, scheduler, landmark_model, mask_noise, emotion_classifier=None,
                  feature_extractor=None, clip_frames: int = 16, clip_overlap: int = 4,
                  landmark_chunk_frames: int = 250, keep_threshold: float = 0.1,
-                 unet_emotion_conditioning: bool = True, rest_mouth_on_silence: bool = True):
+                 unet_emotion_conditioning: bool = True, rest_mouth_on_silence: bool = True,
+                 detected_emotion_in_video: bool = False):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, landmark_model=landmark_model,
                               mask_noise=mask_noise, emotion_classifier=emotion_classifier,
@@ -261,7 +268,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
         self.register_to_config(clip_frames=clip_frames, clip_overlap=clip_overlap,
                                 landmark_chunk_frames=landmark_chunk_frames, keep_threshold=keep_threshold,
                                 unet_emotion_conditioning=unet_emotion_conditioning,
-                                rest_mouth_on_silence=rest_mouth_on_silence)
+                                rest_mouth_on_silence=rest_mouth_on_silence,
+                                detected_emotion_in_video=detected_emotion_in_video)
         self.check_components()
 
     # ------------------------------------------------------------------ checks
@@ -647,7 +655,10 @@ class TalkingHeadPipeline(DiffusionPipeline):
                                         reference_frame, num_frames)
         try:
             # 3. Emotion: the caller's choice, or the classifier's, or (no classifier) none: the null class.
+            #    A video keeps its own expression: what the classifier heard is reported, not drawn (config).
             names, probs = self._emotions(emotion, waves, batch)
+            if emotion is None and probs is not None and not self.config.detected_emotion_in_video:
+                names = [EMOTIONS[0] if isinstance(src, VideoIdentity) else n for n, src in zip(names, sources)]
             labels = torch.tensor([emotion_label(n) for n in names], dtype=torch.long)
             scales = detected_emotion_scale(emotion_scale, probs if emotion is None else None, batch)
             # 4. Landmarks for every output frame, in pixels of the frame it is drawn on (the landmark

@@ -159,3 +159,27 @@ def test_a_variable_frame_rate_video_is_resampled_to_the_output_rate(pipe, tmp_p
     assert source.num_frames == 15 and source.has_face.all()  # 0.6 s at 25 fps: the gap is held, not dropped
     source.close()
     assert dub(pipe, str(vfr), seconds=0.6).frames.shape[1] == 15
+
+
+def test_a_video_keeps_its_own_expression_unless_an_emotion_is_named():
+    """A detected emotion is reported for a video but drawn only when asked (detected_emotion_in_video)."""
+    from talking_head.constants import EMOTIONS
+    from talking_head.presets import build_pipeline
+    from talking_head.schedulers import scheduler_from_name
+
+    p = build_pipeline("tiny", sample_size=32, seed=0, with_emotion_classifier=True)
+    p.scheduler = scheduler_from_name("dpm", p.scheduler)
+    p.set_progress_bar_config(disable=True)
+    video = moving_face(6)
+    auto = dub(p, video, seconds=0.24)
+    heard = EMOTIONS[int(np.argmax(auto.emotion_probs[0]))]
+    assert heard != "neutral"  # (seed 0's random classifier hears "fear": the test tells the two apart)
+    assert auto.emotion == ["neutral"] and auto.emotion_probs.shape == (1, 8)
+    neutral = dub(p, video, seconds=0.24, emotion="neutral")
+    np.testing.assert_allclose(auto.landmarks, neutral.landmarks, atol=1e-5)
+    assert dub(p, video, seconds=0.24, emotion="happy").emotion == ["happy"]
+    p.register_to_config(detected_emotion_in_video=True)
+    assert dub(p, video, seconds=0.24).emotion == [heard]
+    # A photo still shows what the classifier heard.
+    p.register_to_config(detected_emotion_in_video=False)
+    assert dub(p, video[0], seconds=0.24).emotion == [heard]

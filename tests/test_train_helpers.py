@@ -125,9 +125,9 @@ def test_diffusion_pair_matches_the_pipeline_and_the_scheduler(prediction_type):
     torch.manual_seed(0)
     pair = training.make_diffusion_pair(batch, mask_noise, scheduler, BOX, prediction_type, t, p_uncond=0.0)
     assert pair.model_input.shape == (2, UNET_IN_CHANNELS, 3, BOX, BOX)
-    # x0 is the clip cut to the box around the lower face of the frames and the reference, as the pipeline cuts.
+    # x0 is the clip cut to the box around the region points of the frames and the reference, as the pipeline cuts.
     points = torch.cat([batch["landmarks"][0], batch["reference_landmarks"][0][None]]) * 64
-    box = MouthBox.from_landmarks(points)
+    box = MouthBox.from_landmarks(points, indices=mask_noise.config.region_points)
     x0 = box.cut(batch["frames"][0].transpose(0, 1), BOX).transpose(0, 1)
     torch.testing.assert_close(pair.sample[0], x0)
     torch.testing.assert_close(pair.reference[0], box.cut(batch["reference"][:1], BOX)[0])
@@ -282,3 +282,20 @@ def test_emotion_loss_falls_on_a_fixed_batch():
     losses = _train(model.parameters(), lambda: F.cross_entropy(
         model(batch["input_values"], attention_mask=batch["attention_mask"]).logits, batch["labels"]), 25, 3e-3)
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_fine_tuning_keeps_the_pretrained_pipelines_region(tmp_path):
+    """train_diffusion --pretrained_unet PIPELINE trains on that pipeline's region and box, not the default."""
+    from talking_head.models.mask_noise import GaussianMaskNoise
+    from talking_head.presets import build_pipeline
+    from talking_head.trainers.diffusion import parse_args, pretrained_region_points
+
+    pipe = build_pipeline("tiny", sample_size=16, with_emotion_classifier=False)
+    points = list(range(4, 13)) + list(range(31, 36)) + list(range(48, 68))
+    pipe.mask_noise = GaussianMaskNoise(region_points=points)
+    pipe.save_pretrained(tmp_path / "pipeline")
+    assert pretrained_region_points(tmp_path / "pipeline") == points
+    assert pretrained_region_points(tmp_path / "pipeline" / "unet") is None  # a bare UNet folder
+    assert pretrained_region_points(None) is None
+    args = parse_args(["--data_dir", str(tmp_path), "--region_points", "3-13,31-35,48-67"])
+    assert args.region_points[:3] == [3, 4, 5]  # given points win

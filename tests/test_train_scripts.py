@@ -46,7 +46,7 @@ def video_data(tmp_path_factory):
 
     # 2 train clips of 25 frames -> 12 windows of 4 frames: an epoch is 6 batches of 2.
     return make_synthetic_dataset(tmp_path_factory.mktemp("video"), num_speakers=1, clips_per_emotion=1,
-                                  emotions=("neutral", "happy"), seconds=1.0, size=32)
+                                  emotions=("neutral", "happy"), seconds=1.0, size=40)
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,14 @@
 #
 # Steps run only when their output is missing, so an interrupted run picks up where it stopped
 # (the trainers themselves resume with --resume_from_checkpoint latest). On a 2-core CPU the whole
-# thing takes about 40 minutes; DIFFUSION_STEPS / LANDMARK_STEPS scale it.
+# thing takes about an hour; DIFFUSION_STEPS / LANDMARK_STEPS scale it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared/data}
 WORK=${1:-out/default}
 PY=${PY:-.venv/bin/python}
 TH=${TH:-.venv/bin/talking-head}
-DIFFUSION_STEPS=${DIFFUSION_STEPS:-1000}
+DIFFUSION_STEPS=${DIFFUSION_STEPS:-2000}
 LANDMARK_STEPS=${LANDMARK_STEPS:-2000}
 RESOLUTION=${RESOLUTION:-64}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # see train/README.md: one thread per process is faster here
@@ -37,9 +37,9 @@ mkdir -p "$WORK"
 [ -f "$WORK/data/ravdess/dataset.json" ] || \
     $TH prepare emotion-audio "$SHARED/emotion/ravdess16k" --output "$WORK/data/ravdess"
 
-# 2. The two models. The landmark run is independent of the diffusion run (which trains on ground-truth
-#    landmarks), so they run at once, one thread each (two OpenMP threads on a shared 2-core machine made the
-#    diffusion run 3x slower). The emotion stages (2b) follow.
+# 2. The landmark model (one thread). The emotion stages (2b) and the renderer (2c, which trains on ground-truth
+#    landmarks and uses both cores alone: two OpenMP threads on a machine shared with another run made it 3x
+#    slower) follow.
 # The landmark model on the dev identity + GRID s1 (docs/results/lip-motion/: attempt a9), ~11 min on one core.
 [ -f "$WORK/landmarks/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/obama" --extra_data_dir "$WORK/data/grid" \
@@ -49,14 +49,6 @@ mkdir -p "$WORK"
         --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
         --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 \
         --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "mel_deltas": true, "dropout": 0.0, "identity_frame": "face"}' &
-# The lower-face renderer (DESIGN 7.2): tiny UNet on a 64² mouth box, the trainer's defaults (region mask,
-# mouth-contrast reference, L1 on the region, first-step training; see train/README.md), ~25 min on one core.
-[ -f "$WORK/diffusion/pipeline/model_index.json" ] || \
-    $PY train/train_diffusion.py --data_dir "$WORK/data/obama" --preset tiny --resolution "$RESOLUTION" \
-        --clip_frames 8 --train_batch_size 4 --max_train_steps "$DIFFUSION_STEPS" --learning_rate 1e-3 \
-        --lr_warmup_steps 50 --use_ema --ema_decay 0.995 --checkpointing_steps 250 --checkpoints_total_limit 1 \
-        --validation_steps 500 --num_validation_videos 4 --output_dir "$WORK/diffusion" \
-        --resume_from_checkpoint latest &
 wait
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
@@ -76,6 +68,17 @@ wait
         --max_train_steps 3000 --learning_rate 2e-3 --validation_steps 250 --checkpointing_steps 500 \
         --early_stopping_patience 5 --report_to none --seed 0 &
 wait
+
+# 2c. The lower-face renderer (DESIGN 7.2): tiny UNet on a 64² mouth box around jaw 4-12, the nose base and the mouth
+#     (docs/results/lower-face-renderer/: attempt r2), the trainer's defaults otherwise (region mask, mouth-contrast
+#     reference, L1 on the region, first-step training; see train/README.md); 2000 updates, ~25 min on both cores.
+[ -f "$WORK/diffusion/pipeline/model_index.json" ] || \
+    OMP_NUM_THREADS=2 $PY train/train_diffusion.py --data_dir "$WORK/data/obama" --preset tiny --resolution "$RESOLUTION" \
+        --clip_frames 8 --train_batch_size 4 --max_train_steps "$DIFFUSION_STEPS" --learning_rate 1e-3 \
+        --lr_warmup_steps 50 --use_ema --ema_decay 0.995 --checkpointing_steps 250 --checkpoints_total_limit 1 \
+        --validation_clips 0 --num_validation_videos 0 --region_points 4-12,31-35,48-67 \
+        --landmark_model "$WORK/landmarks/landmark_model" --output_dir "$WORK/diffusion" \
+        --resume_from_checkpoint latest
 
 # 3. Assemble: the diffusion run's pipeline with the trained landmark model (with its emotions) and the emotion
 #    classifier; the UNet learned only the null class from the unlabelled video, and the pipeline's config says so

@@ -145,6 +145,7 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
     import torch
 
     from talking_head.audio import load_audio
+    from talking_head.identity import is_video
     from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
     from talking_head.schedulers.scheduling_sdedit import scheduler_from_name
     from talking_head.video import VideoWriter
@@ -198,7 +199,10 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
     else:
         probs = np.asarray(result.emotion_probs)[0]
         heard = f"detected: {EMOTIONS[int(np.argmax(probs))]} ({float(np.max(probs)):.2f})"
-    print(f"emotion: {heard}; rendered: {result.emotion[0]}" + (" (given)" if args.emotion else ""))
+    kept = (not args.emotion and result.emotion_probs is not None and is_video(identity)
+            and not pipe.config.detected_emotion_in_video)
+    print(f"emotion: {heard}; rendered: {result.emotion[0]}" + (" (given)" if args.emotion else "")
+          + (" (a video keeps its own expression; --emotion NAME draws one)" if kept else ""))
     how = "given" if args.emotion else ("detected" if result.emotion_probs is not None else "no classifier")
     height, width = writer.frame_size or (0, 0)
     print(f"wrote {out_path}: {frames} frames of {width}x{height} at {args.fps:g} fps ({frames / args.fps:.2f} s), "

@@ -309,9 +309,14 @@ class Evaluation:
             return clip.emotion, "label"
         if self.pipe is not None and self.pipe.emotion_classifier is not None:
             probs = self.pipe.classify_emotion([clip.audio])
+            heard = EMOTIONS[int(probs[0].argmax())]
+            if self.cfg.protocol == "dubbing" and not getattr(self.pipe.config, "detected_emotion_in_video", False):
+                # As the pipeline does for a video identity: what the classifier heard is reported, not drawn.
+                return EMOTIONS[0], (f"classifier heard {heard} ({float(probs[0].max()):.2f}); "
+                                     "a video keeps its own expression")
             # Shown as the pipeline shows a detected emotion: scaled by the classifier's probability.
             self.emotion_scales[clip.clip_id] = float(probs[0].max())
-            return EMOTIONS[int(probs[0].argmax())], "classifier"
+            return heard, "classifier"
         if mode == "classifier":
             raise ValueError("--emotion classifier: the pipeline has no emotion classifier")
         return NO_EMOTION, "default (no label, no classifier: the null class)"

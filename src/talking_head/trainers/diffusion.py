@@ -110,8 +110,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 "L1 (talking_head.training.region_loss)")
     diffusion.add_argument("--structure_weight", type=float, default=0.2, help="weight of --structure_loss")
     diffusion.add_argument("--region_points", type=str, default=None,
-                           help="landmark indices of the region and the box, e.g. 3-13,31-35,48-67 (default: the "
-                                "mask-noise layer's, jaw 2-14, nose base 31-35, mouth 48-67)")
+                           help="landmark indices of the region and the box, e.g. 3-13,31-35,48-67 (default: those "
+                                "of the --pretrained_unet pipeline, else the mask-noise layer's: jaw 4-12, nose "
+                                "base 31-35, mouth 48-67)")
     diffusion.add_argument("--first_step_fraction", type=float, default=0.25,
                            help="share of clips trained as the pipeline's first SDEdit step: at t_start - 1 from "
                                 "the reference's mouth (talking_head.training.make_diffusion_pair)")
@@ -171,6 +172,16 @@ def load_unet(args) -> ClassConditionedUNet3DModel:
                        f"{args.resolution}²")
         unet.register_to_config(sample_size=args.resolution)
     return unet
+
+
+def pretrained_region_points(path) -> list[int] | None:
+    """The lower-face region of the pipeline a fine-tuned UNet comes from (its mask_noise config), so that
+    fine-tuning keeps the region and the mouth box the UNet learned; None for a bare UNet folder."""
+    config = Path(path) / "mask_noise" / "config.json" if path else None
+    if config is None or not config.is_file():
+        return None
+    points = json.loads(config.read_text()).get("region_points")
+    return [int(i) for i in points] if points else None
 
 
 def load_companions(args):
@@ -298,7 +309,8 @@ def main(argv=None) -> None:
     unet = load_unet(args)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    mask_noise = build_mask_noise(args.resolution, args.mask_noise_type, args.mask_mode, args.region_points)
+    mask_noise = build_mask_noise(args.resolution, args.mask_noise_type, args.mask_mode,
+                                  args.region_points or pretrained_region_points(args.pretrained_unet))
     noise_scheduler = default_ddpm_scheduler(args.prediction_type)
     landmark_model, classifier, extractor, notes = load_companions(args)
 
