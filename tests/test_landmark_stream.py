@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import synthetic_face_landmarks, voice_like
+from talking_head.constants import NULL_EMOTION
 from talking_head.identity import Photo, StillIdentity
 from talking_head.landmark_stream import LandmarkStream
 from talking_head.models.mask_noise import LOWER_FACE_POINTS
@@ -95,3 +96,36 @@ def test_first_frames_come_out_before_the_whole_speech_has_landmarks():
     assert out.landmarks.shape == (1, 75, 68, 2) and np.isfinite(out.landmarks).all()
     assert seen[0] == 1 < len(calls)  # the first frames waited for one landmark chunk, not all of them
     assert len(calls) == 4
+
+
+def test_smoothing_over_time_is_the_same_in_chunks_and_damps_jitter():
+    """landmark_smoothing blurs the predicted landmarks over time; chunks see enough context to match one call."""
+    from talking_head.pipelines.pipeline_talking_head import smooth_over_time
+
+    pipe = build_pipeline("tiny", sample_size=32, seed=0)
+    pipe.landmark_model.eval()
+    wave = torch.from_numpy(voice_like(3.0))[None]
+    ident = torch.from_numpy(synthetic_face_landmarks(80) / 80.0)[None].float()
+    labels = torch.tensor([NULL_EMOTION])
+
+    def predict(chunk: int, sigma: float):
+        pipe.register_to_config(landmark_chunk_frames=chunk, landmark_smoothing=sigma)
+        return pipe.predict_landmarks(wave, ident, 75, 25.0, labels)
+
+    raw, smooth = predict(250, 0.0), predict(250, 1.0)
+    # Smoothed piece by piece, each with a margin of real frames (as landmark_chunks does), = smoothed at once.
+    margin = 25
+    pieces = []
+    for f0 in range(0, 75, 20):
+        a0, a1 = max(0, f0 - margin), min(75, f0 + 20 + margin)
+        pieces.append(smooth_over_time(raw[:, a0:a1], 1.0, a0 == 0, a1 == 75)[:, f0 - a0: min(75, f0 + 20) - a0])
+    torch.testing.assert_close(torch.cat(pieces, dim=1), smooth, atol=1e-6, rtol=0)
+    jitter = lambda p: (p[:, 2:] - 2 * p[:, 1:-1] + p[:, :-2]).abs().mean()  # noqa: E731
+    assert jitter(smooth) < 0.7 * jitter(raw) and (smooth - raw).abs().max() < 0.05
+    # A constant sequence stays constant, ends included; sigma 0 changes nothing.
+    still = ident[:, None].expand(1, 9, 68, 2).contiguous()
+    torch.testing.assert_close(smooth_over_time(still, 1.0), still)
+    assert torch.equal(smooth_over_time(raw, 0.0), raw)
+    with pytest.raises(ValueError, match="landmark_smoothing"):
+        pipe.register_to_config(landmark_smoothing=-1.0)
+        pipe.check_components()

@@ -23,9 +23,10 @@ from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 
 
 class _LandmarkOnlyPipe:
-    def __init__(self, model, chunk_frames=250, rest_mouth_on_silence=True):
+    def __init__(self, model, chunk_frames=250, rest_mouth_on_silence=True, landmark_smoothing=1.0):
         self.landmark_model = model
-        self.config = SimpleNamespace(landmark_chunk_frames=chunk_frames, rest_mouth_on_silence=rest_mouth_on_silence)
+        self.config = SimpleNamespace(landmark_chunk_frames=chunk_frames, rest_mouth_on_silence=rest_mouth_on_silence,
+                                      landmark_smoothing=landmark_smoothing)
 
     def predict_landmarks(self, *args):
         return TalkingHeadPipeline.predict_landmarks(self, *args)
@@ -34,8 +35,9 @@ class _LandmarkOnlyPipe:
         return TalkingHeadPipeline.landmark_chunks(self, *args, **kwargs)
 
 
-def score(model, data, split="test", rest=True):
-    ev = Evaluation(EvalConfig(data=data, split=split, quiet=True), pipe=_LandmarkOnlyPipe(model, rest_mouth_on_silence=rest))
+def score(model, data, split="test", rest=True, smoothing=1.0):
+    pipe = _LandmarkOnlyPipe(model, rest_mouth_on_silence=rest, landmark_smoothing=smoothing)
+    ev = Evaluation(EvalConfig(data=data, split=split, quiet=True), pipe=pipe)
     ev.clips, _ = load_clips(data, split)
     ev.emotions = {c.clip_id: ((c.emotion or "none"), "label") for c in ev.clips}
     with torch.no_grad():
@@ -49,13 +51,15 @@ def main(argv=None):
     p.add_argument("data", nargs="+")
     p.add_argument("--json", default=None)
     p.add_argument("--no-rest", action="store_true", help="without the pipeline's mouth rest on silence")
+    p.add_argument("--smoothing", type=float, default=1.0,
+                   help="the pipeline's landmark_smoothing, frames (default 1, the bundled pipeline's; 0 = off)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = KFusionLandmarkModel.from_pretrained(args.model).eval()
     out = {}
     for d in args.data:
         t0 = time.perf_counter()
-        r = score(model, d, rest=not args.no_rest)
+        r = score(model, d, rest=not args.no_rest, smoothing=args.smoothing)
         m, f = r["model"], r["identity_floor"]
         out[d] = {k: {kk: v for kk, v in r[k].items() if kk != "clips"} for k in ("model", "identity_floor")}
         out[d]["frames"] = r["frames"]
