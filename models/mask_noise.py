@@ -56,9 +56,9 @@ LOWER_FACE_POINTS = tuple(range(2, 15)) + tuple(range(31, 36)) + tuple(range(48,
 # The region the renderer regenerates by default: the chin part of the jaw (4-12), the nose base and the mouth.
 # The jaw's sides (2-3, 13-14) barely move in speech; left out, the face's outline against the background stays
 # the frame's own and the box is narrower (more of the 64² box for the mouth). Measured (docs/results/
-# lower-face-renderer/): the same UNet with this region at inference only, +0.5 dB in dubbing and the drawn mouth
-# following the landmarks better (r 0.78 vs 0.73); trained with it (attempt r2, 2000 updates), 36.8 dB vs 32.4.
-# LOWER_FACE_POINTS stays the evaluation's mouth box.
+# lower-face-renderer/): the same UNet with this region at inference only, +0.5 dB in dubbing (ground-truth
+# landmarks); trained with it (attempt r2, 2000 updates), 36.8 dB vs 32.4. LOWER_FACE_POINTS stays the
+# evaluation's mouth box.
 REGION_POINTS = tuple(range(4, 13)) + tuple(range(31, 36)) + tuple(range(48, 68))
 # Heatmap channels: the jaw line with the nose base (the frame of the lower face), outer lips, inner lips.
 HEATMAP_GROUPS = (tuple(range(2, 15)) + tuple(range(31, 36)), tuple(range(48, 60)), tuple(range(60, 68)))

@@ -274,7 +274,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
             a video identity (dubbing). False (default): a video's eyes, brows and cheeks already show the
             person's own expression, so the mouth moves with the speech at the neutral class and the detected
             emotion is only reported (an emotion given by name is drawn). Measured on the dubbing protocol,
-            the classifier's guesses on neutral speech (sad, disgusted) cost 0.7 dB PSNR and 0.25 px M-LD.
+            the classifier's guesses on neutral speech (sad, disgusted) cost 0.6 dB PSNR and 0.1 px M-LD.
         landmark_smoothing: std, in frames, of a Gaussian blur of the predicted landmarks over time (0 = off). The
             landmark model's frames jitter a little around the motion; 1 frame (40 ms at 25 fps) raised the
             mouth-opening correlation on held-out speech (docs/results/lip-motion/) and moves no landmark by
@@ -856,7 +856,11 @@ class TalkingHeadPipeline(DiffusionPipeline):
                 clip_points = points.frames(start, start + schedule.length)
                 target = torch.stack([g.to_local(frames, p) for g, p in zip(geometry, clip_points)]).to(device)
                 boxes = torch.stack([g.cut(frames, size) for g in geometry]).to(device, dtype)  # (B, 3, L, S, S)
-                mask = self.mask_noise.compute_mask(target, size, size, extra_landmarks=ref_local[:, None])
+                # The region covers the targets, the reference and the frames' own lower face (a video's old mouth,
+                # which must not show beside the new one; a photo's is the reference's).
+                own = torch.stack([g.to_local(frames, g.frame_landmarks(frames)) for g in geometry])
+                extra = torch.cat([ref_local[:, None], own], dim=1).to(device)
+                mask = self.mask_noise.compute_mask(target, size, size, extra_landmarks=extra)
                 mask = mask.to(device, dtype).expand(-1, -1, target.shape[1], -1, -1)
                 # The pipeline's first step starts from the reference's mouth in the region (as trained).
                 init = boxes * (1 - mask) + reference[:, :, None] * mask

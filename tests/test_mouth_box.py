@@ -162,3 +162,32 @@ def test_region_settings_round_trip(tmp_path):
     assert list(again.config.region_points) == list(range(48, 68)) and again.config.region_margin == 0.05
     lm = _box_landmarks()
     assert torch.equal(layer.compute_region(lm, 64, 64), again.compute_region(lm, 64, 64))
+
+
+def test_a_video_frame_keeps_its_head_pose_but_takes_the_reference_mouth():
+    """follow_face: in dubbing the frame's own mouth (the old speech) never drives; its pose does."""
+    from types import SimpleNamespace
+
+    from talking_head.mouth_box import follow_face
+    from talking_head.mouth_rest import REST_POINTS
+
+    from conftest import synthetic_face_landmarks
+
+    ref = synthetic_face_landmarks(200).astype(np.float64)
+    frames = []
+    for j in range(3):
+        own = ref + np.array([5.0 * j, 2.0 * j])  # the head moved
+        own[60:68, 1] += np.where(np.arange(60, 68) >= 65, 4.0 * j, 0.0)  # and the old speech opened the mouth
+        frames.append(own)
+    source = SimpleNamespace(reference=0, index=lambda i: i, landmarks_at=lambda j: frames[j],
+                             face_box=lambda j: (100.0, 100.0, 100.0))
+    moves = torch.zeros(3, 68, 2)
+    moves[:, 66, 1] = 0.05  # the new speech opens the lower inner lip by 5 px
+    out = follow_face(source, moves).numpy()
+    speech = list(REST_POINTS)
+    for j in range(3):
+        expected = ref[speech] + np.array([5.0 * j, 2.0 * j])
+        expected[speech.index(66), 1] += 5.0
+        np.testing.assert_allclose(out[j][speech], expected, atol=1e-3)  # the reference's mouth, in frame j's pose
+        others = [k for k in range(68) if k not in speech]
+        np.testing.assert_allclose(out[j][others], frames[j][others], atol=1e-4)  # everything else is the frame's

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talking_head.head_pose import align_pose
 from talking_head.models.mask_noise import LOWER_FACE_POINTS, gaussian_blur
+from talking_head.mouth_rest import REST_POINTS
 
 # Box side / the lower face's larger extent (jaw 2-14 across, nose base to chin down). The region grows about
 # 5 % of the side beyond the outermost landmark and the feather lies inside the region, so 1.4 leaves ~10 % of
@@ -165,15 +167,25 @@ _VIRTUAL_SIDE = 1024
 
 
 def follow_face(source, moves: torch.Tensor, start: int = 0) -> torch.Tensor:
-    """Landmark displacements (F, 68, 2), normalised to the face crop, applied to each output frame's own face.
+    """Landmark displacements (F, 68, 2) from the reference's landmarks, normalised to the face crop, applied to
+    each output frame's own face.
 
     Output frame i (moves[i - start]) shows frame `source.index(i)` of the identity (talking_head.identity): its
-    landmarks plus the displacement scaled by its face crop's side, in pixels of that frame.
+    landmarks, with the points that move in speech (REST_POINTS: jaw 4-12, mouth) replaced by the reference's,
+    carried into that frame's head pose (talking_head.head_pose), plus the displacement scaled by its face
+    crop's side, in pixels of that frame. For a video, the frame's own mouth belongs to the speech being
+    replaced: only its head pose is kept, the mouth is the reference's moved by the new speech.
     """
+    speech = list(REST_POINTS)
+    reference = torch.from_numpy(np.asarray(source.landmarks_at(source.reference), np.float64))
     out = []
     for i, move in enumerate(moves, start):
         j = source.index(i)
-        out.append(torch.from_numpy(source.landmarks_at(j)) + move * source.face_box(j)[2])
+        own = torch.from_numpy(np.array(source.landmarks_at(j), np.float64))
+        if j != source.reference:
+            posed = align_pose(reference[None, None], own[None])[0, 0]
+            own[speech] = posed[speech]
+        out.append(own + move.double() * source.face_box(j)[2])
     return torch.stack(out).float()
 
 
@@ -226,6 +238,11 @@ class BoxTrack:
     def to_local(self, frames: range, points) -> torch.Tensor:
         """(L, 68, 2) pixel landmarks of output frames `frames` -> [0, 1] coordinates of their boxes."""
         return torch.from_numpy(self._in_box(self._normalised(frames, points))).float()
+
+    def frame_landmarks(self, frames: range) -> torch.Tensor:
+        """(L, 68, 2) the identity frames' own landmarks (pixels) under output frames `frames`: for a video, the
+        mouth of the speech being replaced, which the region must cover too."""
+        return torch.from_numpy(np.stack([self.source.landmarks_at(self.source.index(i)) for i in frames])).float()
 
     def _place(self, crop) -> MouthBox:
         cx, cy, side = (float(v) for v in crop)

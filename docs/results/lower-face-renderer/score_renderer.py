@@ -12,7 +12,8 @@
 2. New speech over a video (real dubbing): each held-out clip dubbed with the next clip's audio, driven by the
    landmark model; dlib's inner-lip opening of the rendered frames against the driving landmarks' opening:
    Pearson r over each clip (does the drawn mouth follow the landmarks?) and the ratio of their standard
-   deviations (does it open as far?). Here a renderer gains nothing by staying near the video's own mouth.
+   deviations (does it open as far?), and r with the video's own opening (the replaced speech: it should not
+   show). Here a renderer gains nothing by staying near the video's own mouth.
 """
 import argparse
 import json
@@ -65,7 +66,7 @@ def new_speech_rows(path, data, sampler) -> dict:
     pipe = load(path, sampler)
     steps = int(sampler.split(":")[1])
     clips, _ = load_clips(data, "test")
-    rs, ratios = [], []
+    rs, ratios, old = [], [], []
     for k, clip in enumerate(clips):
         other = clips[(k + 1) % len(clips)]
         frames, landmarks = clip_video(clip)
@@ -81,9 +82,10 @@ def new_speech_rows(path, data, sampler) -> dict:
         drawn = np.array(drawn)
         ok = np.isfinite(drawn)
         rs.append(float(np.corrcoef(driving[ok], drawn[ok])[0, 1]))
+        old.append(float(np.corrcoef(opening(landmarks[:n])[ok], drawn[ok])[0, 1]))
         ratios.append(float(drawn[ok].std() / driving[ok].std()))
     return {"opening_r": round(float(np.mean(rs)), 3), "opening_std_ratio": round(float(np.mean(ratios)), 3),
-            "clips": len(clips)}
+            "old_speech_r": round(float(np.mean(old)), 3), "clips": len(clips)}
 
 
 def main(argv=None):

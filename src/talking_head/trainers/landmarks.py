@@ -38,6 +38,7 @@ import torch
 
 from talking_head.constants import NUM_EMOTIONS, SAMPLE_RATE
 from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
+from talking_head.head_pose import POSE_POINTS, align_pose  # noqa: F401 (POSE_POINTS: re-exported)
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 from talking_head.training import (
     JsonlLog, LANDMARK_PRESETS, TrainingRun, add_common_args, check_common_args, draw_landmarks, finish, held_out,
@@ -318,29 +319,6 @@ def open_mouth(reference: torch.Tensor, amount: torch.Tensor) -> torch.Tensor:
     for i, w in OPEN_WEIGHTS.items():
         weights[i] = w
     return reference + (amount * width)[:, None, None] * weights[None, :, None] * down[:, None, :]
-
-
-POSE_POINTS = (0, 1, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35)
-
-
-def align_pose(landmarks: torch.Tensor, reference: torch.Tensor, points=POSE_POINTS) -> torch.Tensor:
-    """landmarks (B, F, 68, 2) moved by the similarity transform (rotation, uniform scale, translation; no
-    reflection) that best maps each frame's `points` onto the reference's (B, 68, 2), least squares (Umeyama)."""
-    idx = list(points)
-    src = landmarks[..., idx, :].double()  # (B, F, K, 2)
-    dst = reference[:, None, idx, :].double().expand_as(src)
-    mu_s, mu_d = src.mean(-2, keepdim=True), dst.mean(-2, keepdim=True)
-    xs, xd = src - mu_s, dst - mu_d
-    # For 2-D similarity: with a = sum(xs . xd), b = sum(xs x xd), the rotation is atan2(b, a) and
-    # scale = sqrt(a^2 + b^2) / sum |xs|^2.
-    a = (xs * xd).sum((-1, -2))
-    b = (xs[..., 0] * xd[..., 1] - xs[..., 1] * xd[..., 0]).sum(-1)
-    norm = xs.pow(2).sum((-1, -2)).clamp_min(1e-12)
-    cos, sin = a / norm, b / norm  # scale * (cos, sin)
-    x = landmarks.double() - mu_s
-    out = torch.stack([cos[..., None] * x[..., 0] - sin[..., None] * x[..., 1],
-                       sin[..., None] * x[..., 0] + cos[..., None] * x[..., 1]], dim=-1) + mu_d
-    return out.to(landmarks.dtype)
 
 
 def window_silence(batch, context_frames: int) -> torch.Tensor:
