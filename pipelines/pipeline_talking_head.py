@@ -98,29 +98,18 @@ def unet_input(noisy: torch.Tensor, context: torch.Tensor, mask: torch.Tensor, h
                       reference.to(noisy.dtype)], dim=1)
 
 
-def smooth_over_time(points: torch.Tensor, sigma: float, at_start: bool = True, at_end: bool = True) -> torch.Tensor:
-    """(B, F, 68, 2) landmarks blurred along time by a Gaussian of `sigma` frames (0: unchanged).
-
-    The ends of the recording (`at_start`, `at_end`) repeat their frame; elsewhere the caller's margin of real
-    frames (a landmark chunk's second of context, far more than the kernel's 4 sigma) feeds the kernel, so a
-    chunked prediction equals a whole one.
-    """
+def smooth_over_time(points: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, F, 68, 2) landmarks blurred along time by a Gaussian of `sigma` frames (0: unchanged); the first and
+    last frames repeat beyond the ends. A landmark chunk is smoothed with its margin of real frames on each side
+    (a second, more than the kernel's 4 sigma) and the margin then dropped, so chunks match one whole call."""
     if sigma <= 0 or points.shape[1] < 2:
         return points
     radius = int(np.ceil(4 * sigma))
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    taps = torch.arange(-radius, radius + 1)
     kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(points.dtype)
-    index = torch.arange(points.shape[1])[:, None] + taps.long()[None]  # (F, taps): frames each output reads
-    index = index.clamp(0, points.shape[1] - 1)
-    out = (points[:, index] * kernel[None, None, :, None, None]).sum(dim=2)
-    # Away from the recording's ends the edge frames lack real neighbours here: keep them as predicted (the
-    # caller's margin frames are dropped anyway).
-    if not at_start:
-        out[:, :radius] = points[:, :radius]
-    if not at_end:
-        out[:, -radius:] = points[:, -radius:]
-    return out
+    index = (torch.arange(points.shape[1])[:, None] + taps[None]).clamp(0, points.shape[1] - 1)  # (F, taps)
+    return (points[:, index] * kernel[None, None, :, None, None]).sum(dim=2)
 
 
 def check_emotion_scale(emotion_scale) -> float:
@@ -514,8 +503,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
                 weights = torch.from_numpy(np.stack([rest_weights(w.numpy(), SAMPLE_RATE, fps, a1 - a0, peak)
                                                      for w, peak in zip(piece.float().cpu(), peaks)]))
                 pred = rest_mouth(pred, identity_landmarks.float().cpu(), weights)
-            pred = smooth_over_time(pred, float(self.config.landmark_smoothing), at_start=a0 == 0,
-                                    at_end=a1 == num_frames)
+            pred = smooth_over_time(pred, float(self.config.landmark_smoothing))
             yield pred[:, f0 - a0: f1 - a0]
             f0 = f1
 
@@ -691,9 +679,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
         try:
             # 3. Emotion: the caller's choice, or the classifier's, or (no classifier) none: the null class.
             #    A video keeps its own expression: what the classifier heard is reported, not drawn (config).
-            names, probs = self._emotions(emotion, waves, batch)
-            if emotion is None and probs is not None and not self.config.detected_emotion_in_video:
-                names = [EMOTIONS[0] if isinstance(src, VideoIdentity) else n for n, src in zip(names, sources)]
+            names, probs = self._emotions(emotion, waves, sources)
             labels = torch.tensor([emotion_label(n) for n in names], dtype=torch.long)
             scales = detected_emotion_scale(emotion_scale, probs if emotion is None else None, batch)
             # 4. Landmarks for every output frame, in pixels of the frame it is drawn on (the landmark
@@ -816,16 +802,24 @@ class TalkingHeadPipeline(DiffusionPipeline):
 
         return LandmarkStream(num_frames, on_frames())
 
-    def _emotions(self, emotion, waves, batch):
+    def draws_detected_emotion(self, video: bool) -> bool:
+        """Whether an emotion the classifier detected is drawn: always on a photo; on a video only with
+        `detected_emotion_in_video` (a video's face already shows the person's own expression)."""
+        return not video or bool(self.config.detected_emotion_in_video)
+
+    def _emotions(self, emotion, waves, sources):
         """(names to render, the classifier's probabilities or None): the caller's emotion wins over what the
-        classifier heard; the classifier still reports it (a bounded number of windows, whatever the length)."""
+        classifier heard; the classifier still reports it (a bounded number of windows, whatever the length). A
+        detected emotion the identity does not draw (`draws_detected_emotion`) renders as neutral."""
+        batch = len(sources)
         probs = self.classify_emotion(waves) if self.emotion_classifier is not None else None
         if emotion is not None:
             names = [n.strip().lower() for n in _as_list(emotion)]
             return (names * batch if len(names) == 1 else names), probs
         if probs is None:
             return [NO_EMOTION] * batch, None
-        return [EMOTIONS[int(k)] for k in probs.argmax(axis=1)], probs
+        return [EMOTIONS[int(k)] if self.draws_detected_emotion(isinstance(src, VideoIdentity)) else EMOTIONS[0]
+                for k, src in zip(probs.argmax(axis=1), sources)], probs
 
     def _render(self, sources, points, labels, t_start, num_inference_steps, guidance_scale, generator,
                 callback_on_step_end, callback_on_step_end_tensor_inputs, emit) -> None:

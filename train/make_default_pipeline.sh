@@ -48,8 +48,7 @@ mkdir -p "$WORK"
         --audio_context_frames 6 --pose_align --reference same_clip --learning_rate 3e-3 \
         --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
         --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 \
-        --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "mel_deltas": true, "dropout": 0.0, "identity_frame": "face"}' &
-wait
+        --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "mel_deltas": true, "dropout": 0.0, "identity_frame": "face"}'
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
 #     (docs/results/emotion-face/: attempt e6, ~6 min), and the audio emotion classifier on RAVDESS actors 01-10

@@ -199,8 +199,7 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
     else:
         probs = np.asarray(result.emotion_probs)[0]
         heard = f"detected: {EMOTIONS[int(np.argmax(probs))]} ({float(np.max(probs)):.2f})"
-    kept = (not args.emotion and result.emotion_probs is not None and is_video(identity)
-            and not pipe.config.detected_emotion_in_video)
+    kept = not args.emotion and result.emotion_probs is not None and not pipe.draws_detected_emotion(is_video(identity))
     print(f"emotion: {heard}; rendered: {result.emotion[0]}" + (" (given)" if args.emotion else "")
           + (" (a video keeps its own expression; --emotion NAME draws one)" if kept else ""))
     how = "given" if args.emotion else ("detected" if result.emotion_probs is not None else "no classifier")

@@ -310,7 +310,7 @@ class Evaluation:
         if self.pipe is not None and self.pipe.emotion_classifier is not None:
             probs = self.pipe.classify_emotion([clip.audio])
             heard = EMOTIONS[int(probs[0].argmax())]
-            if self.cfg.protocol == "dubbing" and not getattr(self.pipe.config, "detected_emotion_in_video", False):
+            if not self.pipe.draws_detected_emotion(video=self.cfg.protocol == "dubbing"):
                 # As the pipeline does for a video identity: what the classifier heard is reported, not drawn.
                 return EMOTIONS[0], (f"classifier heard {heard} ({float(probs[0].max()):.2f}); "
                                      "a video keeps its own expression")
