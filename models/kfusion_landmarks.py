@@ -100,10 +100,10 @@ class _TemporalConvBlock(nn.Module):
     short clips behaves the same on minutes of audio, and need no positions.
     """
 
-    def __init__(self, channels: int, kernel_size: int, dropout: float):
+    def __init__(self, channels: int, kernel_size: int, dropout: float, dilation: int = 1):
         super().__init__()
         self.norm = nn.LayerNorm(channels)
-        self.conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.conv = nn.Conv1d(channels, channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation)
         self.proj = nn.Linear(channels, channels)
         self.dropout = nn.Dropout(dropout)
 
@@ -326,6 +326,10 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         emotion_dim (`int`, defaults to 16): emotion embedding size.
         num_temporal_blocks (`int`, defaults to 2): residual temporal conv blocks per domain.
         temporal_kernel_size (`int`, defaults to 5): their kernel size (odd).
+        context_dilations (`list`, *optional*): the Context domain's temporal blocks as dilations, one block
+            each (e.g. `[1, 2, 4, 8]`), instead of `num_temporal_blocks` undilated ones. The log-mel steps are
+            10 ms, so two undilated kernel-5 blocks hear only +-40 ms around a frame; the lips move with
+            +-100-300 ms of speech (coarticulation): `[1, 2, 4, 8]` hears +-300 ms for twice the blocks.
         dropout (`float`, defaults to 0.1): dropout in the temporal blocks.
         kan_hidden_dims (`tuple`, defaults to `(64,)`): hidden widths of the fusion KAN.
         kan_grid (`int`, defaults to 5): spline grid intervals of the KAN.
@@ -394,6 +398,7 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         emotion_dim: int = 16,
         num_temporal_blocks: int = 2,
         temporal_kernel_size: int = 5,
+        context_dilations: list | None = None,
         dropout: float = 0.1,
         kan_hidden_dims: tuple = (64,),
         kan_grid: int = 5,
@@ -429,6 +434,10 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             raise ValueError("mel_deltas applies to the logmel context encoder only")
         if temporal_kernel_size % 2 != 1:
             raise ValueError(f"temporal_kernel_size must be odd (keeps frames aligned), got {temporal_kernel_size}")
+        if context_dilations is not None and (
+            len(context_dilations) == 0 or any(int(d) != d or d < 1 for d in context_dilations)
+        ):
+            raise ValueError(f"context_dilations must be a non-empty list of positive integers, got {context_dilations}")
 
         # Global domain: raw waveform windows, one per video frame.
         self.global_window_encoder = _WindowEncoder(global_channels)
@@ -451,8 +460,9 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
                 raise ValueError(f"wav2vec2 models read {SAMPLE_RATE} Hz audio; sample_rate is {sample_rate}")
             self.context_frontend = _Wav2Vec2Frontend(_wav2vec2_config_from_dict(wav2vec2_config), freeze_wav2vec2)
         self.context_in = nn.Linear(self.context_frontend.output_dim, context_channels)
+        dilations = [int(d) for d in context_dilations] if context_dilations else [1] * num_temporal_blocks
         self.context_temporal = nn.Sequential(
-            *[_TemporalConvBlock(context_channels, temporal_kernel_size, dropout) for _ in range(num_temporal_blocks)]
+            *[_TemporalConvBlock(context_channels, temporal_kernel_size, dropout, d) for d in dilations]
         )
 
         # Conditioning.

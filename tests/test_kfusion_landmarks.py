@@ -299,6 +299,29 @@ def test_mel_deltas_triple_the_context_features_and_round_trip(tmp_path):
         assert torch.equal(loaded(wave, identity(), 15).landmarks, with_deltas(wave, identity(), 15).landmarks)
 
 
+def test_context_dilations_widen_what_a_frame_hears_and_round_trip(tmp_path):
+    """Two undilated blocks on 10 ms log-mel steps hear +-40 ms; context_dilations [1, 2, 4, 8] hear
+    +-300 ms: a change 200 ms after frame 5 reaches that frame's Context features only with the dilations."""
+    plain, dilated = build(), build(context_dilations=[1, 2, 4, 8])
+    assert len(dilated.context_temporal) == 4 and len(plain.context_temporal) == TINY["num_temporal_blocks"]
+    wave = audio(1.0)
+    changed = wave.clone()
+    start = int((5.5 / 25 + 0.2) * SR)  # frame 5's centre + 200 ms
+    changed[:, start: start + 160] += 0.5
+    with torch.no_grad():
+        for m, reaches in ((plain, False), (dilated, True)):
+            a, b = m._context_domain(wave, 25, 25.0), m._context_domain(changed, 25, 25.0)
+            assert (not torch.allclose(a[:, 5], b[:, 5], atol=1e-6)) == reaches
+            assert not torch.allclose(a[:, 10:12], b[:, 10:12])  # around the change itself, both hear it
+        dilated.save_pretrained(tmp_path)
+        loaded = KFusionLandmarkModel.from_pretrained(tmp_path)
+        assert loaded.config.context_dilations == [1, 2, 4, 8]
+        assert torch.equal(loaded(wave, identity(), 20).landmarks, dilated(wave, identity(), 20).landmarks)
+    for bad in ([], [0, 1], [1.5]):
+        with pytest.raises(ValueError, match="context_dilations"):
+            build(context_dilations=bad)
+
+
 def test_face_identity_frame_moves_any_face_alike():
     """identity_frame="face": the same face shifted in the crop gets the same displacements; scaled by k
     about its centre, displacements k times as large. The old "crop" frame does neither."""

@@ -40,23 +40,24 @@ mkdir -p "$WORK"
 # 2. The landmark model (one thread). The emotion stages (2b) and the renderer (2c, which trains on ground-truth
 #    landmarks and uses both cores alone: two OpenMP threads on a machine shared with another run made it 3x
 #    slower) follow.
-# The landmark model on the dev identity + GRID s1 (docs/results/lip-motion/: attempt a9), ~11 min on one core.
+# The landmark model on the dev identity + GRID s1 (docs/results/lip-motion/: attempt e1: a dilated Context
+# domain that hears +-300 ms, mouth weight 1.6, EMA of the weights), ~15 min on one core.
 [ -f "$WORK/landmarks/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/obama" --extra_data_dir "$WORK/data/grid" \
         --output_dir "$WORK/landmarks" --max_train_steps "$LANDMARK_STEPS" --validation_clips 0 \
         --checkpointing_steps 500 --checkpoints_total_limit 1 --resume_from_checkpoint latest \
-        --audio_context_frames 6 --pose_align --reference same_clip --learning_rate 3e-3 \
-        --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
+        --audio_context_frames 8 --pose_align --reference same_clip --learning_rate 3e-3 --mouth_weight 1.6 \
+        --use_ema --ema_decay 0.999 --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
         --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 \
-        --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "mel_deltas": true, "dropout": 0.0, "identity_frame": "face"}'
+        --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "mel_deltas": true, "dropout": 0.0, "identity_frame": "face", "context_dilations": [1, 2, 4, 8]}'
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
-#     (docs/results/emotion-face/: attempt e6, ~6 min), and the audio emotion classifier on RAVDESS actors 01-10
+#     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion classifier on RAVDESS actors 01-10
 #     with early stopping on 11-12 (docs/results/emotion-classifier/: run2, ~22 min), one thread each, at once.
 [ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
-        --output_dir "$WORK/landmarks_emotion" --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
-        --checkpointing_steps 100000 --report_to none --audio_context_frames 6 --pose_align --reference same_clip \
+        --output_dir "$WORK/landmarks_emotion" --seed 1 --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
+        --checkpointing_steps 100000 --report_to none --audio_context_frames 8 --pose_align --reference same_clip \
         --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
         --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 \
         --emotion_aliases contempt=disgusted,surprised=fear --neutral_reference --p_uncond 0 \

@@ -22,9 +22,12 @@ from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 
 
 class LandmarkOnlyPipe:
-    def __init__(self, model, chunk_frames=250):
+    """The pipeline's landmark stage alone, configured as the bundled pipeline (mouth rest on, 1-frame smoothing)."""
+
+    def __init__(self, model, chunk_frames=250, rest_mouth_on_silence=True, landmark_smoothing=1.0):
         self.landmark_model = model
-        self.config = SimpleNamespace(landmark_chunk_frames=chunk_frames)
+        self.config = SimpleNamespace(landmark_chunk_frames=chunk_frames, rest_mouth_on_silence=rest_mouth_on_silence,
+                                      landmark_smoothing=landmark_smoothing)
 
     def predict_landmarks(self, *args, **kwargs):
         return TalkingHeadPipeline.predict_landmarks(self, *args, **kwargs)
