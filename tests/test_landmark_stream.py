@@ -129,3 +129,18 @@ def test_smoothing_over_time_is_the_same_in_chunks_and_damps_jitter():
     with pytest.raises(ValueError, match="landmark_smoothing"):
         pipe.register_to_config(landmark_smoothing=-1.0)
         pipe.check_components()
+
+
+def test_the_landmark_stage_alone_predicts_what_the_pipeline_does():
+    """talking_head.evaluation.landmark_stage scores a landmark model without a renderer: same landmarks."""
+    from talking_head.evaluation.landmark_stage import LandmarkStage
+
+    pipe = build_pipeline("tiny", sample_size=32, seed=0)
+    pipe.landmark_model.eval()
+    pipe.register_to_config(landmark_chunk_frames=30, landmark_smoothing=1.0, rest_mouth_on_silence=True)
+    stage = LandmarkStage(pipe.landmark_model, chunk_frames=30)
+    wave = torch.from_numpy(voice_like(2.0))[None]
+    ident = torch.from_numpy(synthetic_face_landmarks(80) / 80.0)[None].float()
+    labels = torch.tensor([NULL_EMOTION])
+    torch.testing.assert_close(stage.predict_landmarks(wave, ident, 50, 25.0, labels),
+                               pipe.predict_landmarks(wave, ident, 50, 25.0, labels))

@@ -12,28 +12,12 @@ import argparse
 import json
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
 from talking_head.evaluation.expression import expression_evaluation
+from talking_head.evaluation.landmark_stage import LandmarkStage
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel
-from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
-
-
-class LandmarkOnlyPipe:
-    """The pipeline's landmark stage alone, configured as the bundled pipeline (mouth rest on, 1-frame smoothing)."""
-
-    def __init__(self, model, chunk_frames=250, rest_mouth_on_silence=True, landmark_smoothing=1.0):
-        self.landmark_model = model
-        self.config = SimpleNamespace(landmark_chunk_frames=chunk_frames, rest_mouth_on_silence=rest_mouth_on_silence,
-                                      landmark_smoothing=landmark_smoothing)
-
-    def predict_landmarks(self, *args, **kwargs):
-        return TalkingHeadPipeline.predict_landmarks(self, *args, **kwargs)
-
-    def landmark_chunks(self, *args, **kwargs):
-        return TalkingHeadPipeline.landmark_chunks(self, *args, **kwargs)
 
 
 def main(argv=None):
@@ -45,7 +29,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.manual_seed(0)
     model = KFusionLandmarkModel.from_pretrained(args.model).eval()
-    pipe = LandmarkOnlyPipe(model)
+    pipe = LandmarkStage(model)
     out = {}
     for scale in [float(s) for s in args.scales.split(",")]:
         t0 = time.perf_counter()

@@ -12,31 +12,17 @@ import argparse
 import json
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
 from talking_head.evaluation.clips import load_clips
+from talking_head.evaluation.landmark_stage import LandmarkStage
 from talking_head.evaluation.runner import EvalConfig, Evaluation
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel
-from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
-
-
-class _LandmarkOnlyPipe:
-    def __init__(self, model, chunk_frames=250, rest_mouth_on_silence=True, landmark_smoothing=1.0):
-        self.landmark_model = model
-        self.config = SimpleNamespace(landmark_chunk_frames=chunk_frames, rest_mouth_on_silence=rest_mouth_on_silence,
-                                      landmark_smoothing=landmark_smoothing)
-
-    def predict_landmarks(self, *args):
-        return TalkingHeadPipeline.predict_landmarks(self, *args)
-
-    def landmark_chunks(self, *args, **kwargs):
-        return TalkingHeadPipeline.landmark_chunks(self, *args, **kwargs)
 
 
 def score(model, data, split="test", rest=True, smoothing=1.0):
-    pipe = _LandmarkOnlyPipe(model, rest_mouth_on_silence=rest, landmark_smoothing=smoothing)
+    pipe = LandmarkStage(model, rest_mouth_on_silence=rest, landmark_smoothing=smoothing)
     ev = Evaluation(EvalConfig(data=data, split=split, quiet=True), pipe=pipe)
     ev.clips, _ = load_clips(data, split)
     ev.emotions = {c.clip_id: ((c.emotion or "none"), "label") for c in ev.clips}

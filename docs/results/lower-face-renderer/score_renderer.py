@@ -23,6 +23,7 @@ import tempfile
 import numpy as np
 import torch
 
+from talking_head.constants import SAMPLE_RATE
 from talking_head.evaluation.clips import load_clips
 from talking_head.evaluation.dubbing import clip_video
 from talking_head.evaluation.runner import EvalConfig, evaluate
@@ -70,8 +71,8 @@ def new_speech_rows(path, data, sampler) -> dict:
     for k, clip in enumerate(clips):
         other = clips[(k + 1) % len(clips)]
         frames, landmarks = clip_video(clip)
-        n = min(len(frames), int(len(other.audio) / 16000 * clip.fps))
-        out = pipe(other.audio[: int(n / clip.fps * 16000)], frames[:n], sample_rate=16000,
+        n = min(len(frames), int(len(other.audio) / SAMPLE_RATE * clip.fps))
+        out = pipe(other.audio[: int(n / clip.fps * SAMPLE_RATE)], frames[:n], sample_rate=SAMPLE_RATE,
                    identity_landmarks=landmarks[:n], reference_frame=clip.reference_index, fps=clip.fps,
                    emotion="neutral", num_inference_steps=steps, generator=torch.Generator().manual_seed(k))
         driving = opening(out.landmarks[0])

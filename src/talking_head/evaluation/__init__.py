@@ -6,7 +6,8 @@
 Modules: metrics (PSNR, SSIM, landmark distances), clips (the test clips of a
 prepared dataset), scoring
 (per-frame scoring of streamed frames), emotion (classifier accuracy / recall /
-confusion), runner (the evaluation run), report (metrics.json, report.md,
+confusion), landmark_stage (the pipeline's landmark stage without a renderer),
+runner (the evaluation run), report (metrics.json, report.md,
 plots), cli (the `evaluate` subcommand).
 """
 

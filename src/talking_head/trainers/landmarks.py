@@ -38,7 +38,7 @@ import torch
 
 from talking_head.constants import NUM_EMOTIONS, SAMPLE_RATE
 from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
-from talking_head.head_pose import POSE_POINTS, align_pose  # noqa: F401 (POSE_POINTS: re-exported)
+from talking_head.head_pose import align_pose
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 from talking_head.training import (
     JsonlLog, LANDMARK_PRESETS, TrainingRun, add_common_args, check_common_args, draw_landmarks, finish, held_out,
