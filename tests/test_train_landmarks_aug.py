@@ -93,3 +93,20 @@ def test_augment_is_a_no_op_when_off_and_moves_identity_with_target():
                          torch.Generator().manual_seed(0))
     noise_rms = (noisy["audio"] - batch["audio"]).pow(2).mean(1).sqrt()
     assert torch.allclose(noise_rms / batch["audio"].pow(2).mean(1).sqrt(), torch.full((3,), 0.1), rtol=0.05)
+
+
+def test_data_dir_repeat_weights_the_identity_with_fresh_windows(tmp_path):
+    from talking_head.data.synthetic import make_synthetic_dataset
+
+    dev = make_synthetic_dataset(tmp_path / "dev", seconds=2.0, size=24)
+    extra = make_synthetic_dataset(tmp_path / "extra", seconds=1.0, size=24, seed=1)
+    args = T.parse_args(["--data_dir", str(dev), "--clip_frames", "8", "--data_dir_repeat", "3",
+                         "--extra_data_dir", str(extra)])
+    one = T.training_set(T.parse_args(["--data_dir", str(dev), "--clip_frames", "8"]), dev)
+    parts = T.training_set(args, dev).datasets
+    assert [len(p) for p in parts[:3]] == [len(one)] * 3 and len(parts) == 4  # 3 copies of dev, then extra
+    # Each copy draws its own windows: the copies are not the same items three times.
+    starts = [[p.window(i) for i in range(len(p))] for p in parts[:3]]
+    assert starts[0] != starts[1] and starts[1] != starts[2]
+    with pytest.raises(SystemExit):
+        T.parse_args(["--data_dir", str(dev), "--data_dir_repeat", "0"])

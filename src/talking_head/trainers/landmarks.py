@@ -67,6 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--extra_data_dir", action="append", default=[],
                       help="another prepared dataset whose train split is added to --data_dir's (repeatable; "
                            "e.g. GRID next to the dev identity)")
+    data.add_argument("--data_dir_repeat", type=int, default=1,
+                      help="how many times --data_dir's train split appears in an epoch next to --extra_data_dir "
+                           "(each copy draws its own windows and references): weights the identity the pipeline "
+                           "serves (the dev identity) against the extra speakers (default 1)")
     data.add_argument("--reference", choices=["random", "same_clip", "first", "mouth_contrast"], default="random",
                       help="where a training window's identity landmarks come from (TalkingHeadClipDataset's "
                            "reference modes): random (default) - any frame of the speaker; same_clip - a frame of "
@@ -156,6 +160,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--clip_frames must be >= 2 (the loss has a velocity term)")
     if args.absolute_weight and not args.centered_loss:
         parser.error("--absolute_weight goes with --centered_loss (without it the loss is absolute already)")
+    if args.data_dir_repeat < 1:
+        parser.error("--data_dir_repeat must be >= 1")
     if args.audio_context_frames < 0:
         parser.error("--audio_context_frames must be >= 0")
     for name in ("aug_gain_db", "aug_face_scale", "aug_face_shift", "aug_face_aspect"):
@@ -215,6 +221,24 @@ class _ConcatWindows(torch.utils.data.ConcatDataset):
     @property
     def clips(self):
         return [c for part in self.datasets for c in part.clips]
+
+
+def training_set(args, data_dir: Path):
+    """The train split's windows: --data_dir's (--data_dir_repeat copies, each drawing its own windows and
+    references) and each --extra_data_dir's."""
+    def train_set(root, copy=0):
+        return LandmarkClipDataset(root, split="train", clip_frames=args.clip_frames, random_crop=True,
+                                   seed=args.seed + 1000 * copy, audio_pad_frames=args.audio_context_frames,
+                                   reference=args.reference)
+
+    if not args.extra_data_dir and args.data_dir_repeat == 1:
+        return train_set(data_dir)
+    parts = [train_set(data_dir, k) for k in range(args.data_dir_repeat)]
+    parts += [train_set(Path(d)) for d in args.extra_data_dir]
+    fps = {float(c["fps"]) for part in parts for c in part.clips}
+    if len(fps) > 1:
+        raise ValueError(f"--data_dir and --extra_data_dir mix frame rates {sorted(fps)}; prepare them at one fps")
+    return _ConcatWindows(parts)
 
 
 def build_model(args) -> KFusionLandmarkModel:
@@ -529,18 +553,7 @@ def main(argv=None) -> None:
     output_dir = Path(args.output_dir)
 
     data_dir = resolve_data_dir(args, accelerator, kind="video", size=64)
-    def train_set(root):
-        return LandmarkClipDataset(root, split="train", clip_frames=args.clip_frames, random_crop=True,
-                                   seed=args.seed, audio_pad_frames=args.audio_context_frames,
-                                   reference=args.reference)
-
-    train_dataset = train_set(data_dir)
-    if args.extra_data_dir:
-        parts = [train_dataset] + [train_set(Path(d)) for d in args.extra_data_dir]
-        fps = {float(c["fps"]) for part in parts for c in part.clips}
-        if len(fps) > 1:
-            raise ValueError(f"--data_dir and --extra_data_dir mix frame rates {sorted(fps)}; prepare them at one fps")
-        train_dataset = _ConcatWindows(parts)
+    train_dataset = training_set(args, data_dir)
 
     parts = train_dataset.datasets if isinstance(train_dataset, _ConcatWindows) else [train_dataset]
     args.emotion_offset_table = emotion_offset_table(parts, output_dir) if args.neutral_reference else None
