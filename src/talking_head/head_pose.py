@@ -11,9 +11,14 @@ import torch
 POSE_POINTS = (0, 1, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35)
 
 
-def align_pose(landmarks: torch.Tensor, reference: torch.Tensor, points=POSE_POINTS) -> torch.Tensor:
+def align_pose(landmarks: torch.Tensor, reference: torch.Tensor, points=POSE_POINTS,
+               smooth_frames: float = 0.0) -> torch.Tensor:
     """landmarks (B, F, 68, 2) moved by the similarity transform (rotation, uniform scale, translation; no
-    reflection) that best maps each frame's `points` onto the reference's (B, 68, 2), least squares (Umeyama)."""
+    reflection) that best maps each frame's `points` onto the reference's (B, 68, 2), least squares (Umeyama).
+
+    smooth_frames > 0: the rotation and scale are blurred over the F frames by a Gaussian of that many frames
+    (a head turns slowly; the per-frame fit from 13 detected points jitters, and the jitter would turn the mouth
+    with it); the translation stays per frame."""
     idx = list(points)
     src = landmarks[..., idx, :].double()  # (B, F, K, 2)
     dst = reference[:, None, idx, :].double().expand_as(src)
@@ -24,8 +29,19 @@ def align_pose(landmarks: torch.Tensor, reference: torch.Tensor, points=POSE_POI
     a = (xs * xd).sum((-1, -2))
     b = (xs[..., 0] * xd[..., 1] - xs[..., 1] * xd[..., 0]).sum(-1)
     norm = xs.pow(2).sum((-1, -2)).clamp_min(1e-12)
-    cos, sin = a / norm, b / norm  # scale * (cos, sin)
+    cos, sin = a / norm, b / norm  # scale * (cos, sin), (B, F)
+    if smooth_frames > 0 and cos.shape[1] > 1:
+        cos, sin = _blur_frames(cos, smooth_frames), _blur_frames(sin, smooth_frames)
     x = landmarks.double() - mu_s
     out = torch.stack([cos[..., None] * x[..., 0] - sin[..., None] * x[..., 1],
                        sin[..., None] * x[..., 0] + cos[..., None] * x[..., 1]], dim=-1) + mu_d
     return out.to(landmarks.dtype)
+
+
+def _blur_frames(values: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, F) blurred along F by a Gaussian of `sigma` frames, the end frames repeated beyond the ends."""
+    radius = int(torch.ceil(torch.tensor(4.0 * sigma)))
+    taps = torch.arange(-radius, radius + 1)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2).to(values.dtype)
+    index = (torch.arange(values.shape[1])[:, None] + taps[None]).clamp(0, values.shape[1] - 1)
+    return (values[:, index] * (kernel / kernel.sum())).sum(-1)

@@ -93,6 +93,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "transform fitted on points that speech hardly moves: jaw ends 0, 1, 15, 16 and the "
                            "nose 27-35; not the eyes, which GRID s1's watermark covers), so the loss asks only for "
                            "what the audio can tell (the expression), not for head motion")
+    data.add_argument("--pose_smoothing", type=float, default=0.0,
+                      help="with --pose_align, blur each window's fitted head rotation and scale over time by a "
+                           "Gaussian of this many frames (0 = per frame): the fit from 13 detected points jitters, "
+                           "and the jitter turns the target mouth with it")
     data.add_argument("--aug_open_identity", type=float, default=0.0,
                       help="probability of opening the identity's mouth synthetically (lower lip and chin moved "
                            "down by up to --aug_open_amount face widths; the target is unchanged), so the model "
@@ -160,6 +164,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--clip_frames must be >= 2 (the loss has a velocity term)")
     if args.absolute_weight and not args.centered_loss:
         parser.error("--absolute_weight goes with --centered_loss (without it the loss is absolute already)")
+    if args.pose_smoothing < 0:
+        parser.error("--pose_smoothing must be >= 0")
     if args.data_dir_repeat < 1:
         parser.error("--data_dir_repeat must be >= 1")
     if args.audio_context_frames < 0:
@@ -445,7 +451,8 @@ def augment(batch, args, generator: torch.Generator):
         factor = 1.0 + args.aug_speed * (2 * float(torch.rand((), generator=generator)) - 1)
         batch = change_speed(batch, factor, args.audio_context_frames)
     if args.pose_align:
-        batch["landmarks"] = align_pose(batch["landmarks"], batch["reference_landmarks"])
+        batch["landmarks"] = align_pose(batch["landmarks"], batch["reference_landmarks"],
+                                        smooth_frames=getattr(args, "pose_smoothing", 0.0))
     table = getattr(args, "emotion_offset_table", None)
     if table is not None:
         batch["reference_landmarks"] = neutralise_reference(batch["reference_landmarks"], batch["emotion"], table)
