@@ -45,6 +45,7 @@ from talking_head.models.mask_noise import gaussian_blur
 from talking_head.mouth_box import BoxTrack, MouthBox, feather, follow_face
 from talking_head.mouth_rest import peak_level_db, rest_mouth, rest_weights
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, sdedit_timesteps, validate_t_start
+from talking_head.utils import smooth_over_time
 
 logger = logging.get_logger(__name__)  # diffusers' logger: warnings show by default
 
@@ -96,20 +97,6 @@ def unet_input(noisy: torch.Tensor, context: torch.Tensor, mask: torch.Tensor, h
     reference = reference[:, :, None].expand(-1, -1, frames, -1, -1)
     return torch.cat([noisy, context.to(noisy.dtype), mask.to(noisy.dtype), heatmaps.to(noisy.dtype),
                       reference.to(noisy.dtype)], dim=1)
-
-
-def smooth_over_time(points: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, F, 68, 2) landmarks blurred along time by a Gaussian of `sigma` frames (0: unchanged); the first and
-    last frames repeat beyond the ends. A landmark chunk is smoothed with its margin of real frames on each side
-    (a second, more than the kernel's 4 sigma) and the margin then dropped, so chunks match one whole call."""
-    if sigma <= 0 or points.shape[1] < 2:
-        return points
-    radius = int(np.ceil(4 * sigma))
-    taps = torch.arange(-radius, radius + 1)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(points.dtype)
-    index = (torch.arange(points.shape[1])[:, None] + taps[None]).clamp(0, points.shape[1] - 1)  # (F, taps)
-    return (points[:, index] * kernel[None, None, :, None, None]).sum(dim=2)
 
 
 def check_emotion_scale(emotion_scale) -> float:
@@ -503,6 +490,8 @@ class TalkingHeadPipeline(DiffusionPipeline):
                 weights = torch.from_numpy(np.stack([rest_weights(w.numpy(), SAMPLE_RATE, fps, a1 - a0, peak)
                                                      for w, peak in zip(piece.float().cpu(), peaks)]))
                 pred = rest_mouth(pred, identity_landmarks.float().cpu(), weights)
+            # Smoothed with the chunk's margin of real frames (a second, more than the kernel's 4 sigma), then the
+            # margin dropped: chunks match one whole call.
             pred = smooth_over_time(pred, float(self.config.landmark_smoothing))
             yield pred[:, f0 - a0: f1 - a0]
             f0 = f1

@@ -92,7 +92,7 @@ def test_open_mouth_opens_along_the_face_down_direction():
 
 
 def _args(**kw):
-    base = dict(aug_speed=0.0, aug_speed_prob=0.5, audio_context_frames=0, pose_align=False, aug_open_identity=0.0,
+    base = dict(aug_speed=0.0, aug_speed_prob=0.5, audio_context_frames=0, pose_align=False, pose_smoothing=0.0, aug_open_identity=0.0,
                 aug_open_amount=0.08, aug_gain_db=0.0, aug_clip_prob=0.0, aug_noise_prob=0.0,
                 aug_noise_snr=(15.0, 45.0), aug_face_scale=0.0, aug_face_aspect=0.0, aug_face_shift=0.0)
     return argparse.Namespace(**{**base, **kw})

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from talking_head.utils import smooth_over_time
+
 # Points that move with the head, not with speech: the jaw's ends and the nose.
 POSE_POINTS = (0, 1, 15, 16, 27, 28, 29, 30, 31, 32, 33, 34, 35)
 
@@ -31,17 +33,9 @@ def align_pose(landmarks: torch.Tensor, reference: torch.Tensor, points=POSE_POI
     norm = xs.pow(2).sum((-1, -2)).clamp_min(1e-12)
     cos, sin = a / norm, b / norm  # scale * (cos, sin), (B, F)
     if smooth_frames > 0 and cos.shape[1] > 1:
-        cos, sin = _blur_frames(cos, smooth_frames), _blur_frames(sin, smooth_frames)
+        cos, sin = smooth_over_time(cos, smooth_frames), smooth_over_time(sin, smooth_frames)
     x = landmarks.double() - mu_s
     out = torch.stack([cos[..., None] * x[..., 0] - sin[..., None] * x[..., 1],
                        sin[..., None] * x[..., 0] + cos[..., None] * x[..., 1]], dim=-1) + mu_d
     return out.to(landmarks.dtype)
 
-
-def _blur_frames(values: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, F) blurred along F by a Gaussian of `sigma` frames, the end frames repeated beyond the ends."""
-    radius = int(torch.ceil(torch.tensor(4.0 * sigma)))
-    taps = torch.arange(-radius, radius + 1)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2).to(values.dtype)
-    index = (torch.arange(values.shape[1])[:, None] + taps[None]).clamp(0, values.shape[1] - 1)
-    return (values[:, index] * (kernel / kernel.sum())).sum(-1)

@@ -1,4 +1,5 @@
-"""Small shared helpers: writing directories so an interruption never loses a saved pipeline."""
+"""Small shared helpers: writing directories so an interruption never loses a saved pipeline; smoothing a
+sequence over time."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import numpy as np
+import torch
 
 
 def replace_dir_atomic(tmp_dir: Path, target: Path) -> None:
@@ -48,3 +52,16 @@ def save_pipeline_atomic(pipe, output, **kwargs) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def smooth_over_time(values: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, F, ...) values blurred along F by a Gaussian of `sigma` frames (0: unchanged); the first and last
+    frames repeat beyond the ends."""
+    if sigma <= 0 or values.shape[1] < 2:
+        return values
+    radius = int(np.ceil(4 * sigma))
+    taps = torch.arange(-radius, radius + 1)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(values.dtype).reshape(1, 1, -1, *([1] * (values.dim() - 2)))
+    index = (torch.arange(values.shape[1])[:, None] + taps[None]).clamp(0, values.shape[1] - 1)  # (F, taps)
+    return (values[:, index] * kernel).sum(dim=2)

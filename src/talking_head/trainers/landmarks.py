@@ -452,7 +452,7 @@ def augment(batch, args, generator: torch.Generator):
         batch = change_speed(batch, factor, args.audio_context_frames)
     if args.pose_align:
         batch["landmarks"] = align_pose(batch["landmarks"], batch["reference_landmarks"],
-                                        smooth_frames=getattr(args, "pose_smoothing", 0.0))
+                                        smooth_frames=args.pose_smoothing)
     table = getattr(args, "emotion_offset_table", None)
     if table is not None:
         batch["reference_landmarks"] = neutralise_reference(batch["reference_landmarks"], batch["emotion"], table)
