@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import (
+    ASTConfig,
+    ASTForAudioClassification,
     AutoConfig,
     AutoModelForAudioClassification,
     BatchFeature,
@@ -103,7 +105,15 @@ _CONFORMER_PRESETS = {
         classifier_proj_size=256,
     ),
 }
-EMOTION_CLASSIFIER_PRESETS = {**_LOGMEL_PRESETS, **_CONFORMER_PRESETS}
+# A log-mel patch Transformer (ASTConfig arguments): 16x16 patches of the same log-mel window every 8 bands and
+# 8 frames, so the same patch filters read every frequency (a pitch or formant shift moves a pattern, it does not
+# meet new weights). `window_frames` sets max_length.
+_AST_PRESETS = {
+    "ast-small": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+                      patch_size=16, frequency_stride=8, time_stride=8, num_mel_bins=64, window_frames=300,
+                      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1),
+}
+EMOTION_CLASSIFIER_PRESETS = {**_LOGMEL_PRESETS, **_AST_PRESETS, **_CONFORMER_PRESETS}
 
 # Shared by the Conformer presets: the "group" feature-encoder norm normalises over the padded sequence, so
 # its predictions would change with the batch's padding, and it cannot use an attention mask.
@@ -132,8 +142,10 @@ def emotion_classifier_config(preset: str = "small", **overrides):
     label_overrides = sorted(set(overrides) & set(_LABEL_KEYS))
     if label_overrides:
         raise ValueError(f"{label_overrides} cannot be overridden: the labels are talking_head.constants.EMOTIONS")
-    config_class = WhisperConfig if preset in _LOGMEL_PRESETS else Wav2Vec2ConformerConfig
-    known = set(config_class().to_dict()) | ({"window_frames"} if preset in _LOGMEL_PRESETS else set())
+    config_class = (WhisperConfig if preset in _LOGMEL_PRESETS else ASTConfig if preset in _AST_PRESETS
+                    else Wav2Vec2ConformerConfig)
+    windowed = preset in _LOGMEL_PRESETS or preset in _AST_PRESETS
+    known = set(config_class().to_dict()) | ({"window_frames"} if windowed else set())
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown {config_class.__name__} arguments: {unknown}")
@@ -145,6 +157,12 @@ def emotion_classifier_config(preset: str = "small", **overrides):
         if window_frames < 2 or window_frames % 2:
             raise ValueError(f"window_frames must be an even number >= 2, got {window_frames}")
         return WhisperConfig(**kwargs, max_source_positions=window_frames // 2, **labels)
+    if preset in _AST_PRESETS:
+        kwargs = {**_AST_PRESETS[preset], **overrides}
+        window_frames = int(kwargs.pop("window_frames"))
+        if window_frames < kwargs["patch_size"] or kwargs["num_mel_bins"] < kwargs["patch_size"]:
+            raise ValueError(f"window_frames and num_mel_bins must be at least patch_size ({kwargs['patch_size']})")
+        return ASTConfig(**kwargs, max_length=window_frames, **labels)
     return Wav2Vec2ConformerConfig(**{**_CONFORMER_COMMON, **_CONFORMER_PRESETS[preset], **overrides}, **labels)
 
 
@@ -153,12 +171,17 @@ def build_emotion_classifier(preset: str = "small", **overrides) -> PreTrainedMo
     config = emotion_classifier_config(preset, **overrides)
     if isinstance(config, WhisperConfig):
         return WhisperForAudioClassification(config)
+    if isinstance(config, ASTConfig):
+        return ASTForAudioClassification(config)
     return Wav2Vec2ConformerForSequenceClassification(config)
+
+
+_LOGMEL_MODEL_TYPES = ("whisper", "audio-spectrogram-transformer")
 
 
 def _is_logmel(model_or_config) -> bool:
     config = getattr(model_or_config, "config", model_or_config)
-    return getattr(config, "model_type", None) == "whisper"
+    return getattr(config, "model_type", None) in _LOGMEL_MODEL_TYPES
 
 
 class EmotionFeatureExtractor(SequenceFeatureExtractor):
@@ -181,7 +204,7 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
     def __init__(self, feature_size: int = 64, sampling_rate: int = SAMPLE_RATE, n_fft: int = 400,
                  hop_length: int = 160, min_frequency: float = 50.0, max_frequency: float = 4000.0,
                  window_frames: int = 300, trim_db: float = 40.0, floor_db: float = 60.0, padding_value: float = 0.0,
-                 **kwargs):
+                 time_first: bool = False, **kwargs):
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value,
                          **kwargs)
         if not 0 <= min_frequency < max_frequency <= sampling_rate / 2:
@@ -192,6 +215,9 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
         self.n_fft, self.hop_length = int(n_fft), int(hop_length)
         self.min_frequency, self.max_frequency = float(min_frequency), float(max_frequency)
         self.window_frames, self.trim_db, self.floor_db = int(window_frames), float(trim_db), float(floor_db)
+        # Whisper reads `input_features` (B, bands, frames); the patch Transformer `input_values` (B, frames, bands).
+        self.time_first = bool(time_first)
+        self.model_input_names = ["input_values" if self.time_first else "input_features"]
         # (n_fft // 2 + 1, feature_size); not saved (FeatureExtractionMixin.to_dict drops "mel_filters").
         self.mel_filters = mel_filter_bank(
             num_frequency_bins=self.n_fft // 2 + 1, num_mel_filters=feature_size, min_frequency=min_frequency,
@@ -245,13 +271,21 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
         starts = np.linspace(0, frames - self.window_frames, count).round().astype(int)
         return np.stack([self.fit_window(features, s) for s in starts])
 
+    def model_inputs(self, windows):
+        """{name: windows} for the model: `windows` (B, feature_size, window_frames) numpy or torch, transposed to
+        (B, window_frames, feature_size) for a time-first model."""
+        return {self.model_input_names[0]: windows.transpose(1, 2) if self.time_first else windows}
+
     def __call__(self, raw_speech, sampling_rate: int | None = None, return_tensors=None, **kwargs) -> BatchFeature:
-        """`input_features` (B, feature_size, window_frames): one centred window per waveform."""
+        """`input_features` (B, feature_size, window_frames), or `input_values` (B, window_frames, feature_size) when
+        `time_first`: one centred window per waveform."""
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(f"this feature extractor expects {self.sampling_rate} Hz audio, got {sampling_rate} Hz")
         waves = [raw_speech] if isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 1 else list(raw_speech)
         features = np.stack([self.fit_window(self.log_mel(_check_wave(w, i))) for i, w in enumerate(waves)])
-        return BatchFeature({"input_features": features}, tensor_type=return_tensors)
+        if self.time_first:
+            features = features.transpose(0, 2, 1)
+        return BatchFeature({self.model_input_names[0]: features}, tensor_type=return_tensors)
 
 
 def _check_wave(wave, index: int) -> np.ndarray:
@@ -277,7 +311,11 @@ def build_emotion_feature_extractor(model=None):
         if model is None:
             return EmotionFeatureExtractor()
         config = model.config
-        return EmotionFeatureExtractor(feature_size=config.num_mel_bins, window_frames=2 * config.max_source_positions)
+        if config.model_type == "whisper":
+            return EmotionFeatureExtractor(feature_size=config.num_mel_bins,
+                                           window_frames=2 * config.max_source_positions)
+        return EmotionFeatureExtractor(feature_size=config.num_mel_bins, window_frames=config.max_length,
+                                       time_first=True)
     return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True,
                                     return_attention_mask=True)
 
@@ -420,7 +458,7 @@ def predict_emotion(model: PreTrainedModel, feature_extractor, waveforms, window
         for batch in batches:
             if logmel:
                 features = torch.stack([inputs[i] for i in batch]).to(device=device, dtype=dtype)
-                logits = model(input_features=features).logits
+                logits = model(**feature_extractor.model_inputs(features)).logits
             else:
                 features = feature_extractor([inputs[i] for i in batch], sampling_rate=sampling_rate,
                                              return_attention_mask=True, return_tensors="pt")

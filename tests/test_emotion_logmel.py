@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import voice_like
 from transformers import WhisperForAudioClassification
 
@@ -160,14 +161,107 @@ def test_training_helpers():
     torch.testing.assert_close(mixed.sum(-1), torch.ones(2))
     # Augmented audio stays audio; training batches are fixed windows.
     args = SimpleNamespace(aug_speed=0.1, aug_band_limit_prob=1.0, aug_gain_db=6.0, aug_noise_prob=1.0,
-                           spec_augment=2)
+                           aug_eq_prob=1.0, aug_freq_warp=0.1, spec_augment=2)
     wave = augment_waveform(voice_like(0.5), np.random.default_rng(0), args)
     assert wave.dtype == np.float32 and np.abs(wave).max() <= 1 and 0.4 * SR < wave.size < 0.6 * SR
     # Band-limiting alone: nothing left above 4 kHz (the upper half of the spectrum).
-    only_band = SimpleNamespace(**(vars(args) | dict(aug_noise_prob=0.0, aug_speed=0.0, aug_gain_db=0.0)))
+    only_band = SimpleNamespace(**(vars(args) | dict(aug_noise_prob=0.0, aug_speed=0.0, aug_gain_db=0.0,
+                                                     aug_eq_prob=0.0)))
     noise = np.random.default_rng(1).uniform(-0.5, 0.5, SR)
     spectrum = np.abs(np.fft.rfft(augment_waveform(noise, np.random.default_rng(0), only_band)))
     assert spectrum[int(len(spectrum) * 0.55):].max() < 1e-3 * spectrum[: len(spectrum) // 4].max()
     extractor = EmotionFeatureExtractor(feature_size=16, window_frames=40)
     batch = collate_emotion([Labelled()[i] | {"index": i} for i in range(3)], extractor, args=args)
     assert batch["input_features"].shape == (3, 16, 40) and batch["labels"].tolist() == [0, 0, 5]
+
+
+def test_equaliser_and_frequency_warp():
+    from talking_head.trainers.emotion import band_centres_hz, frequency_warp, random_equaliser_db
+
+    # The equaliser is smooth and bounded: at most 12 dB of shelf plus 3 dB per octave away from 500 Hz.
+    freqs = np.linspace(0, SR / 2, 513)
+    for seed in range(20):
+        gain = random_equaliser_db(freqs, np.random.default_rng(seed))
+        octaves = np.abs(np.log2(np.maximum(freqs, 50.0) / 500.0))
+        assert np.isfinite(gain).all() and (np.abs(gain) <= 12 + 3 * octaves + 1e-6).all()
+        assert np.abs(np.diff(gain)).max() < 3.0
+    # The warp moves a spectral peak up (factor > 1) or down (< 1) by about the factor, and 1 is the identity.
+    extractor = EmotionFeatureExtractor()
+    centres = band_centres_hz(extractor)
+    assert np.all(np.diff(centres) > 0) and 40 < centres[0] < 120 and 3600 < centres[-1] < 4000
+    peak = int(np.argmin(np.abs(centres - 1000)))
+    features = np.zeros((64, 5), np.float32)
+    features[peak] = 1.0
+    for factor in (0.9, 1.1):
+        moved = frequency_warp(features, centres, factor)
+        assert moved.shape == features.shape and moved.dtype == features.dtype
+        assert abs(centres[moved[:, 0].argmax()] / 1000 - factor) < 0.05
+    assert frequency_warp(features, centres, 1.0) is features
+
+
+def test_speaker_adversary_reverses_its_gradient_into_the_encoder():
+    from talking_head.trainers.emotion import SpeakerAdversary, collate_emotion, train_loss
+
+    torch.manual_seed(0)
+    model = build_emotion_classifier("tiny", dropout=0.0)
+    extractor = build_emotion_feature_extractor(model)
+    items = [{"label": torch.tensor(c), "audio": torch.from_numpy(voice_like(0.4, seed=i)), "clip_id": str(i),
+              "speaker": s, "index": i} for i, (c, s) in enumerate([(0, "a"), (5, "b"), (0, "b"), (5, "a")])]
+    batch = collate_emotion(items, extractor)
+    adversary = SpeakerAdversary(model.classifier, ["a", "b"], weight=0.5)
+    assert adversary.targets(["b", "a"], "cpu").tolist() == [[0, 1], [1, 0]]
+    adversary.ramp(0.0, 0.5)
+    assert adversary.weight == 0.0
+    adversary.ramp(1.0, 0.5)
+    assert adversary.weight == pytest.approx(0.5, abs=1e-4)
+    encoder = model.encoder.conv1.weight
+
+    def gradients(loss_of):
+        model.zero_grad()
+        adversary.zero_grad()
+        model(input_features=batch["input_features"])
+        loss_of().backward()
+        return encoder.grad.clone(), adversary.head.weight.grad.clone()
+
+    targets = adversary.targets(batch["speaker"], "cpu")
+    adversary.weight = 0.5
+    reversed_encoder, head = gradients(lambda: adversary.loss(targets))
+    # The same loss without reversal: the head learns the same way, the encoder is pushed the other way, x 0.5.
+    plain = lambda: -(targets * F.log_softmax(adversary.head(adversary.pooled), -1)).sum(-1).mean()
+    plain_encoder, plain_head = gradients(plain)
+    torch.testing.assert_close(head, plain_head)
+    torch.testing.assert_close(reversed_encoder, -0.5 * plain_encoder)
+    # In the training loss (with mixup) the speaker term is added to the emotion term and reaches the head.
+    args = SimpleNamespace(label_smoothing=0.1, mixup_alpha=0.4)
+    present = torch.zeros(8, dtype=torch.bool)
+    present[[0, 5]] = True
+    model.zero_grad()
+    adversary.zero_grad()
+    loss = train_loss(model, batch, present, torch.ones(8), args, torch.Generator().manual_seed(0), adversary)
+    loss.backward()
+    assert torch.isfinite(loss) and adversary.head.weight.grad.abs().sum() > 0
+
+
+def test_patch_transformer_preset_reads_time_first_windows(tmp_path):
+    """"ast-small": a stock ASTForAudioClassification on the same log-mel windows, transposed to (frames, bands)."""
+    from transformers import ASTForAudioClassification
+
+    torch.manual_seed(0)
+    model = build_emotion_classifier("ast-small", num_hidden_layers=1).eval()
+    extractor = build_emotion_feature_extractor(model)
+    assert isinstance(model, ASTForAudioClassification) and model.config.id2label[5] == "happy"
+    assert extractor.time_first and extractor.model_input_names == ["input_values"]
+    assert (extractor.feature_size, extractor.window_frames) == (model.config.num_mel_bins, model.config.max_length)
+    waves = [voice_like(0.7, seed=4), voice_like(4.0, seed=5)]
+    values = extractor(waves, sampling_rate=SR, return_tensors="pt").input_values
+    assert values.shape == (2, extractor.window_frames, extractor.feature_size)
+    # The same numbers as the band-first window, transposed.
+    np.testing.assert_allclose(values[0].numpy().T, extractor.fit_window(extractor.log_mel(waves[0])))
+    probs = predict_emotion(model, extractor, waves)
+    assert probs.shape == (2, 8) and torch.allclose(probs.sum(-1), torch.ones(2))
+    model.save_pretrained(tmp_path)
+    extractor.save_pretrained(tmp_path)
+    loaded = load_emotion_classifier(tmp_path)
+    torch.testing.assert_close(predict_emotion(loaded, load_emotion_feature_extractor(tmp_path, loaded), waves), probs)
+    with pytest.raises(ValueError, match="patch_size"):
+        emotion_classifier_config("ast-small", window_frames=8)

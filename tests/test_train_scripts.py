@@ -63,7 +63,8 @@ def components(tmp_path_factory, video_data):
                                                 seconds=0.5, test_speakers=1)
     run_script("train_emotion.py", "--data_dir", emotion_data, "--output_dir", out / "emotion", "--preset", "tiny",
                "--train_batch_size", "4", "--max_train_steps", "3", "--checkpointing_steps", "3",
-               "--validation_steps", "0", "--report_to", "none")
+               "--validation_steps", "0", "--report_to", "none", "--validation_speakers", "none",
+               "--speaker_adversarial", "0.5", "--aug_eq_prob", "0.5", "--aug_freq_warp", "0.1")
     return out
 
 

@@ -15,7 +15,11 @@ What a classifier that must work on voices it never heard needs from a few hundr
 - waveform augmentation: gain (--aug_gain_db), speed (--aug_speed: resampling, pitch and tempo together),
   background noise at a random SNR (--aug_noise_prob), band-limiting to telephone bandwidth
   (--aug_band_limit_prob: 8 kHz speech is then not foreign);
+- channel and speaker variety: a random equaliser (--aug_eq_prob) and a frequency warp of the log-mel bands
+  (--aug_freq_warp, vocal-tract length perturbation);
 - SpecAugment-style masks on the log-mel features (--spec_augment: frequency and time masks);
+- speaker-adversarial training (--speaker_adversarial): a speaker classifier on the pooled features whose
+  gradient is reversed into the encoder, so emotion is not read from who is speaking;
 - class-balanced sampling (--sampling balanced: every class as often per epoch), and soft targets: label
   smoothing over the classes present (--label_smoothing) and mixup (--mixup_alpha).
 
@@ -80,6 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     aug.add_argument("--aug_noise_prob", type=float, default=0.5, help="white noise at 10-40 dB SNR")
     aug.add_argument("--aug_band_limit_prob", type=float, default=0.3,
                      help="low-pass to telephone band (8 kHz sampling)")
+    aug.add_argument("--aug_eq_prob", type=float, default=0.0,
+                     help="a random equaliser (a tilt of up to +-3 dB per octave about 500 Hz and a low shelf of up "
+                          "to +-12 dB under 100-400 Hz): other microphones and rooms, e.g. CREMA-D's strong bass")
+    aug.add_argument("--aug_freq_warp", type=float, default=0.0,
+                     help="vocal-tract length perturbation: the log-mel bands read at frequencies scaled by a "
+                          "random factor in 1 +- this (formants and pitch of another speaker, tempo kept); 0 = off")
     aug.add_argument("--spec_augment", type=int, default=2,
                      help="frequency and time masks per log-mel window (each up to 1/8 of the bands, 1/10 of the "
                           "frames); 0 = off")
@@ -87,6 +97,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     loss.add_argument("--label_smoothing", type=float, default=0.1,
                       help="spread over the classes present in the training data")
     loss.add_argument("--mixup_alpha", type=float, default=0.4, help="Beta(a, a) mixup of inputs and targets; 0 = off")
+    loss.add_argument("--speaker_adversarial", type=float, default=0.0,
+                      help="weight of a speaker classifier on the pooled features, trained through gradient "
+                           "reversal so the encoder unlearns who is speaking (training only: the saved model stays a "
+                           "stock classifier), reached by DANN's ramp over the run; 0 = off")
     loss.add_argument("--class_weighting", choices=("inverse", "sqrt_inverse", "none"), default="none",
                       help="cross-entropy class weights from the class counts (for --sampling uniform)")
     val = parser.add_argument_group("validation")
@@ -96,6 +110,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     learning_rate=1e-3, checkpointing_steps=500, validation_steps=250, lr_warmup_steps=100)
     args = parser.parse_args(argv)
     check_common_args(args)
+    if not 0 <= args.aug_eq_prob <= 1 or not 0 <= args.aug_freq_warp < 0.5:
+        parser.error("--aug_eq_prob must be in [0, 1] and --aug_freq_warp in [0, 0.5)")
+    if args.speaker_adversarial < 0:
+        parser.error("--speaker_adversarial must be >= 0")
     if not 0 <= args.label_smoothing < 1 or args.mixup_alpha < 0 or args.spec_augment < 0:
         parser.error("--label_smoothing must be in [0, 1), --mixup_alpha and --spec_augment >= 0")
     return args
@@ -125,12 +143,26 @@ class BalancedView(torch.utils.data.Dataset):
         return self.dataset[self.indices[i]] | {"index": i}
 
 
+def random_equaliser_db(freqs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random smooth gain curve in dB at `freqs` (Hz): a spectral tilt of up to +-3 dB per octave about 500 Hz
+    plus a low shelf of up to +-12 dB under a corner of 100-400 Hz (microphones, rooms and phone lines differ
+    most there: CREMA-D has ~15 dB more energy under 200 Hz than RAVDESS)."""
+    octaves = np.log2(np.maximum(freqs, 50.0) / 500.0)
+    corner = np.log2(rng.uniform(100.0, 400.0))
+    shelf = 1.0 / (1.0 + np.exp(4.0 * (np.log2(np.maximum(freqs, 1.0)) - corner)))
+    return rng.uniform(-3.0, 3.0) * octaves + rng.uniform(-12.0, 12.0) * shelf
+
+
 def augment_waveform(wave: np.ndarray, rng: np.random.Generator, args) -> np.ndarray:
-    """Gain, speed (resampled: pitch and tempo together), band-limiting and white noise."""
+    """Gain, speed (resampled: pitch and tempo together), a random equaliser, band-limiting and white noise."""
     if args.aug_speed > 0:
         factor = rng.uniform(1 - args.aug_speed, 1 + args.aug_speed)
         n = max(2, int(round(len(wave) / factor)))
         wave = np.interp(np.linspace(0, len(wave) - 1, n), np.arange(len(wave)), wave)
+    if rng.random() < args.aug_eq_prob:
+        spectrum = np.fft.rfft(wave)
+        gain_db = random_equaliser_db(np.fft.rfftfreq(len(wave), 1.0 / SAMPLE_RATE), rng)
+        wave = np.fft.irfft(spectrum * 10 ** (gain_db / 20), n=len(wave))
     if rng.random() < args.aug_band_limit_prob:
         # 8 kHz telephone audio brought back to 16 kHz: everything above 4 kHz gone.
         spectrum = np.fft.rfft(wave)
@@ -142,6 +174,21 @@ def augment_waveform(wave: np.ndarray, rng: np.random.Generator, args) -> np.nda
         power = float(np.mean(wave ** 2)) + 1e-10
         wave = wave + rng.normal(0, math.sqrt(power / 10 ** (rng.uniform(10, 40) / 10)), len(wave))
     return np.clip(wave, -1, 1).astype(np.float32)
+
+
+def band_centres_hz(extractor: EmotionFeatureExtractor) -> np.ndarray:
+    """(feature_size,) the centre frequency of each mel band (its filter's weighted mean frequency)."""
+    freqs = np.linspace(0, extractor.sampling_rate / 2, extractor.mel_filters.shape[0])
+    return (extractor.mel_filters * freqs[:, None]).sum(0) / extractor.mel_filters.sum(0)
+
+
+def frequency_warp(features: np.ndarray, centres: np.ndarray, factor: float) -> np.ndarray:
+    """Log-mel `features` (bands, frames) as if every frequency were scaled by `factor` (vocal-tract length
+    perturbation): band i takes the value the input has at centres[i] / factor, interpolated between bands."""
+    if factor == 1.0:
+        return features
+    source = centres / factor
+    return np.stack([np.interp(source, centres, frame) for frame in features.T], axis=1).astype(features.dtype)
 
 
 def spec_augment(features: np.ndarray, rng: np.random.Generator, masks: int) -> np.ndarray:
@@ -169,24 +216,29 @@ def collate_emotion(items: list[dict], extractor, args=None, seed: int = 0) -> d
              "speaker": [it["speaker"] for it in items]}
     if isinstance(extractor, EmotionFeatureExtractor):
         windows = []
+        warp = args.aug_freq_warp if args is not None else 0.0
+        centres = band_centres_hz(extractor) if warp else None
         for w in waves:
             features = extractor.log_mel(w)
             if args is None:
                 windows.append(extractor.fit_window(features))
                 continue
+            if warp:
+                features = frequency_warp(features, centres, rng.uniform(1 - warp, 1 + warp))
             longest = max(features.shape[1], extractor.window_frames)
             window = extractor.fit_window(np.tile(features, (1, math.ceil(longest / features.shape[1]))),
                                           int(rng.integers(0, longest - extractor.window_frames + 1)))
             windows.append(spec_augment(window, rng, args.spec_augment))
-        return batch | {"input_features": torch.from_numpy(np.stack(windows))}
+        return batch | extractor.model_inputs(torch.from_numpy(np.stack(windows)))
     features = extractor(waves, sampling_rate=SAMPLE_RATE, padding=True, return_attention_mask=True,
                          return_tensors="pt")
     return batch | {"input_values": features.input_values, "attention_mask": features.attention_mask}
 
 
 def model_inputs(batch: dict) -> dict:
-    if "input_features" in batch:
-        return {"input_features": batch["input_features"]}
+    for name in ("input_features", "input_values"):  # log-mel windows (Whisper, patch Transformer)
+        if name in batch and "attention_mask" not in batch:
+            return {name: batch[name]}
     return {"input_values": batch["input_values"], "attention_mask": batch["attention_mask"]}
 
 
@@ -290,12 +342,59 @@ class Validator:
         return True
 
 
-def train_loss(model, batch, present, weights, args, generator) -> torch.Tensor:
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
+class SpeakerAdversary(torch.nn.Module):
+    """A linear speaker classifier on the classifier's pooled features (the input of its last layer, caught by a
+    forward hook), trained normally, while the gradient it sends into the encoder is reversed and scaled by
+    `weight` (domain-adversarial training): features that tell speakers apart are pushed out. Training only."""
+
+    def __init__(self, classifier_layer: torch.nn.Linear, speakers: list[str], weight: float):
+        super().__init__()
+        self.speakers, self.weight = {s: i for i, s in enumerate(speakers)}, float(weight)
+        width = getattr(classifier_layer, "in_features", None) or classifier_layer.dense.in_features  # AST's head
+        self.head = torch.nn.Linear(width, len(speakers))
+        self.pooled = None
+        self.hook = classifier_layer.register_forward_hook(lambda module, inputs, output: self._keep(inputs[0]))
+
+    def ramp(self, progress: float, full_weight: float) -> None:
+        """DANN's schedule: the reversed gradient's weight grows from 0 to `full_weight` as training `progress`es
+        from 0 to 1 (2 / (1 + exp(-10 p)) - 1), so the encoder learns emotions before it is pushed off speakers."""
+        self.weight = full_weight * (2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0)
+
+    def _keep(self, pooled: torch.Tensor) -> None:
+        self.pooled = pooled
+
+    def targets(self, speakers: list[str], device) -> torch.Tensor:
+        index = torch.tensor([self.speakers[s] for s in speakers], device=device)
+        return F.one_hot(index, len(self.speakers)).float()
+
+    def loss(self, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the speaker head on the features of the last forward pass (soft `targets`)."""
+        logits = self.head(_ReverseGradient.apply(self.pooled.float(), self.weight))
+        return -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def train_loss(model, batch, present, weights, args, generator, adversary=None) -> torch.Tensor:
     inputs = model_inputs(batch)
     targets = soft_targets(batch["labels"], present, args.label_smoothing)
+    if adversary is not None:  # mixed with the same partners and weights as the emotions
+        targets = torch.cat([targets, adversary.targets(batch["speaker"], targets.device)], dim=1)
     inputs, targets = mix(inputs, targets, args.mixup_alpha, generator)
     logits = model(**inputs).logits.float()
-    return -(targets * weights * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    loss = -(targets[:, :NUM_EMOTIONS] * weights * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    if adversary is not None:
+        loss = loss + adversary.loss(targets[:, NUM_EMOTIONS:])
+    return loss
 
 
 def main(argv=None) -> None:
@@ -321,6 +420,14 @@ def main(argv=None) -> None:
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     params = [p for p in model.parameters() if p.requires_grad]
+    adversary = None
+    if args.speaker_adversarial > 0:
+        if not hasattr(model, "classifier") or len(train_speakers) < 2:
+            raise ValueError("--speaker_adversarial needs a classifier with a `classifier` layer and >= 2 speakers")
+        adversary = SpeakerAdversary(model.classifier, train_speakers, args.speaker_adversarial).to(
+            accelerator.device)
+        params += list(adversary.head.parameters())
+        accelerator.register_for_checkpointing(adversary.head)
     run = TrainingRun(accelerator, args, output_dir, "train_emotion", model, params, train_dataset,
                       functools.partial(collate_emotion, extractor=extractor, args=args, seed=args.seed))
     model, optimizer, lr_scheduler, metrics = run.model, run.optimizer, run.lr_scheduler, run.metrics
@@ -354,7 +461,9 @@ def main(argv=None) -> None:
     loop = run.update_loop(validate)
     for batch in loop:
         with accelerator.accumulate(model):
-            loss = train_loss(model, batch, present, weights, args, generator)
+            if adversary is not None:
+                adversary.ramp(loop.global_step / args.max_train_steps, args.speaker_adversarial)
+            loss = train_loss(model, batch, present, weights, args, generator, adversary)
             loop.backward_and_step(loss, batch["labels"].shape[0], optimizer, lr_scheduler, params)
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
