@@ -307,6 +307,10 @@ def test_train_only_and_frozen_null_row():
     assert (after[EMOTIONS.index("happy")] - before[EMOTIONS.index("happy")]).abs().max() > 0
     with pytest.raises(ValueError, match="train_only"):
         freeze_parameters(model, "no_such_module")
+    # Training only the speech part with the null row "frozen": the whole table is frozen, nothing to hook.
+    speech_only = _tiny_model(emotion_head=True, emotion_head_dim=8).train()
+    freeze_parameters(speech_only, "fusion_kan", freeze_null_emotion=True)
+    assert not speech_only.emotion_embedding.weight.requires_grad
 
 
 # -------------------------------------------------------------------- evaluate --expression-data, CLI

@@ -305,7 +305,7 @@ def freeze_parameters(model, train_only: str | None, freeze_null_emotion: bool =
             param.requires_grad_(any(name.startswith(p) for p in prefixes))
         logger.info(f"--train_only {train_only}: {sum(p.numel() for p in model.parameters() if p.requires_grad)} "
                     "trainable parameters")
-    if freeze_null_emotion:
+    if freeze_null_emotion and model.emotion_embedding.weight.requires_grad:  # a frozen table needs no hook
         weight = model.emotion_embedding.weight
         null = model.config.num_emotions
 
