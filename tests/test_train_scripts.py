@@ -59,11 +59,12 @@ def components(tmp_path_factory, video_data):
                "--clip_frames", "8", "--train_batch_size", "2", "--max_train_steps", "4", "--checkpointing_steps", "2",
                "--checkpoints_total_limit", "1", "--validation_steps", "2", "--validation_video_size", "32",
                "--use_ema")
-    emotion_data = make_synthetic_emotion_audio(out / "emotion_data", num_speakers=3, utterances_per_emotion=1,
+    # 5 speakers: 1 test, 2 held out for validation (--validation_speakers auto), 2 for the speaker adversary.
+    emotion_data = make_synthetic_emotion_audio(out / "emotion_data", num_speakers=5, utterances_per_emotion=1,
                                                 seconds=0.5, test_speakers=1)
     run_script("train_emotion.py", "--data_dir", emotion_data, "--output_dir", out / "emotion", "--preset", "tiny",
                "--train_batch_size", "4", "--max_train_steps", "3", "--checkpointing_steps", "3",
-               "--validation_steps", "0", "--report_to", "none", "--validation_speakers", "none",
+               "--validation_steps", "0", "--report_to", "none",
                "--speaker_adversarial", "0.5", "--aug_eq_prob", "0.5", "--aug_freq_warp", "0.1")
     return out
 

@@ -188,7 +188,11 @@ def frequency_warp(features: np.ndarray, centres: np.ndarray, factor: float) -> 
     if factor == 1.0:
         return features
     source = centres / factor
-    return np.stack([np.interp(source, centres, frame) for frame in features.T], axis=1).astype(features.dtype)
+    right = np.clip(np.searchsorted(centres, source), 1, len(centres) - 1)
+    left = right - 1
+    # Beyond the first or last band the edge band's value (np.interp's rule), for all frames at once.
+    weight = np.clip((source - centres[left]) / (centres[right] - centres[left]), 0.0, 1.0)[:, None]
+    return (features[left] * (1 - weight) + features[right] * weight).astype(features.dtype)
 
 
 def spec_augment(features: np.ndarray, rng: np.random.Generator, masks: int) -> np.ndarray:
@@ -236,10 +240,10 @@ def collate_emotion(items: list[dict], extractor, args=None, seed: int = 0) -> d
 
 
 def model_inputs(batch: dict) -> dict:
-    for name in ("input_features", "input_values"):  # log-mel windows (Whisper, patch Transformer)
-        if name in batch and "attention_mask" not in batch:
-            return {name: batch[name]}
-    return {"input_values": batch["input_values"], "attention_mask": batch["attention_mask"]}
+    if "attention_mask" in batch:  # a waveform model
+        return {"input_values": batch["input_values"], "attention_mask": batch["attention_mask"]}
+    name = "input_features" if "input_features" in batch else "input_values"  # log-mel: Whisper or AST
+    return {name: batch[name]}
 
 
 def class_weights(counts: np.ndarray, mode: str) -> torch.Tensor:
