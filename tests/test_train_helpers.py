@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from talking_head import training
 from talking_head.constants import NULL_EMOTION
 from talking_head.schedulers.scheduling_sdedit import default_ddpm_scheduler
+from talking_head.trainers.landmarks import LANDMARK_PRESETS
 
 from conftest import synthetic_face_landmarks
 
@@ -242,7 +243,7 @@ def test_landmark_loss_falls_on_a_fixed_batch():
     from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 
     torch.manual_seed(0)
-    model = KFusionLandmarkModel(**training.LANDMARK_PRESETS["tiny"], dropout=0.0)
+    model = KFusionLandmarkModel(**LANDMARK_PRESETS["tiny"], dropout=0.0)
     frames = 8
     identity = torch.from_numpy(synthetic_face_landmarks(1)).float()[None].repeat(2, 1, 1)
     wave = torch.randn(2, frames * 640) * 0.1

@@ -254,17 +254,28 @@ def write_report(out: Path, m: dict) -> list[str]:
     """Write report.md and the plots into `out`; returns the files written (relative to `out`)."""
     out = Path(out)
     files = ["metrics.json", "frames.json", "report.md"]
-    size = m["resolution"]["psnr_ssim"]
-    ld_size = m["resolution"]["landmarks"]
-    pipe = m.get("pipeline")
-    cfg = m["config"]
     md: list[str] = ["# Evaluation report", ""]
     if m.get("note"):
         md += [f"> **{m['note']}**", ""]
     if m.get("command"):
         md += ["```", m["command"], "```", ""]
+    md += _setup_lines(m) + _quality_lines(m) + _landmark_model_lines(m)
+    md += _classifier_and_expression_lines(m, out, files) + _sweep_lines(m, out, files)
+    md += _per_clip_lines(m) + _sample_lines(m, out, files)
+    if m.get("warnings"):
+        md += ["## Warnings", ""] + [f"- {w}" for w in m["warnings"]] + [""]
+    md += ["## Metric definitions", "", DEFINITIONS]
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    return files
 
-    # setup
+
+def _setup_lines(m: dict) -> list[str]:
+    """The set-up table: pipeline, resolution, protocol, data, sampling, machine."""
+    size = m["resolution"]["psnr_ssim"]
+    ld_size = m["resolution"]["landmarks"]
+    pipe = m.get("pipeline")
+    cfg = m["config"]
+    md: list[str] = []
     data = m["data"]
     setup = [
         ["pipeline", f"`{pipe['path']}` (sha256 `{(pipe['sha256'] or '')[:16]}`, UNet "
@@ -289,8 +300,13 @@ def write_report(out: Path, m: dict) -> list[str]:
     if data["skipped"]:
         setup.append(["skipped clips", ", ".join(f"{s['clip_id']} ({s['reason']})" for s in data["skipped"])])
     md += ["## Setup", "", _table(["", ""], setup), ""]
+    return md
 
-    # table 1
+
+def _quality_lines(m: dict) -> list[str]:
+    """The paper's Table 1 layout: each method's summary next to the paper's rows, and the verdict."""
+    size = m["resolution"]["psnr_ssim"]
+    md: list[str] = []
     if m["methods"]:
         md += ["## Quality (paper Table 1 layout)", ""]
         rows = []
@@ -309,7 +325,12 @@ def write_report(out: Path, m: dict) -> list[str]:
                "experiment. *box*: PSNR / SSIM inside the clip's mouth box only (the square the renderer "
                "regenerates, around the lower face of the reference and ground-truth frames), the stricter row. "
                "*face found*: share of scored generated frames on which dlib found a face (LD uses only those).", ""]
+    return md
 
+
+def _landmark_model_lines(m: dict) -> list[str]:
+    """The landmark model alone against the identity-repeated floor (issue 12's metrics)."""
+    md: list[str] = []
     lm = m.get("landmark_model")
     if lm:
         def lm_row(label, r):
@@ -333,7 +354,13 @@ def write_report(out: Path, m: dict) -> list[str]:
                f"next to the ground truth's and their absolute difference (goal: <= 0.02).", ""]
         if "m_ld" in model and model["m_ld"] is not None and floor.get("m_ld"):
             md += [f"M-LD ratio model / floor: {model['m_ld'] / floor['m_ld']:.3f} (goal <= 0.75).", ""]
+    return md
 
+
+def _classifier_and_expression_lines(m: dict, out: Path, files: list) -> list[str]:
+    """The emotion classifier (test speakers, then cross-corpus; confusion matrices as PNGs) and the
+    expression score of generated landmarks."""
+    md: list[str] = []
     emo = m.get("emotion_classifier")
     if emo:
         md += ["## Emotion classifier", ""]
@@ -356,7 +383,13 @@ def write_report(out: Path, m: dict) -> list[str]:
         md += report_lines(m["expression"])
         if m["expression"].get("contact_sheet"):
             files.append(m["expression"]["contact_sheet"]["file"])
+    return md
 
+
+def _sweep_lines(m: dict, out: Path, files: list) -> list[str]:
+    """The t_start (paper Table 2 layout) and sampler ablations, each with its plot."""
+    size = m["resolution"]["psnr_ssim"]
+    md: list[str] = []
     sweeps = m.get("sweeps", {})
     if "t_start" in sweeps:
         sw = sweeps["t_start"]
@@ -389,8 +422,12 @@ def write_report(out: Path, m: dict) -> list[str]:
                "t_start - 1 (talking_head.schedulers.scheduling_sdedit).", "",
                _table(["sampler", "steps", "PSNR ↑", "SSIM ↑", "box PSNR ↑", "box SSIM ↑", "M-LD ↓", "F-LD ↓",
                        "face found", "s / generated s"], rows), "", f"![sampler sweep]({png})", ""]
+    return md
 
-    # per clip
+
+def _per_clip_lines(m: dict) -> list[str]:
+    """One table per method, one row per clip."""
+    md: list[str] = []
     if m["methods"]:
         md += ["## Per clip", ""]
         for name, res in m["methods"].items():
@@ -399,7 +436,12 @@ def write_report(out: Path, m: dict) -> list[str]:
             md += [f"**{res['label']}**", "",
                    _table(["clip", "emotion", "frames", "PSNR", "SSIM", "box PSNR", "box SSIM", "M-LD", "F-LD",
                            "face found", "s / generated s"], rows), ""]
+    return md
 
+
+def _sample_lines(m: dict, out: Path, files: list) -> list[str]:
+    """Links to the sample videos and strips, and the contact sheet."""
+    md: list[str] = []
     samples = [(name, c) for name, res in m["methods"].items() for c in res["clips"] if c.get("samples")]
     if samples:
         md += ["## Samples", "",
@@ -419,12 +461,7 @@ def write_report(out: Path, m: dict) -> list[str]:
             md += ["**Contact sheet**: one row per sampled frame (3 per clip); columns: "
                    + " | ".join(m["methods"][n]["label"] for n in dict.fromkeys(n for n, _ in samples))
                    + " | ground truth.", "", f"![contact sheet]({sheet})", ""]
-
-    if m.get("warnings"):
-        md += ["## Warnings", ""] + [f"- {w}" for w in m["warnings"]] + [""]
-    md += ["## Metric definitions", "", DEFINITIONS]
-    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
-    return files
+    return md
 
 
 def write_contact_sheet(out: Path, samples: list) -> str | None:

@@ -526,7 +526,7 @@ class Evaluation:
         split = cfg.emotion_split or cfg.split
         try:
             result = evaluate_emotion(model, extractor, root, split)
-        except ValueError as err:
+        except ValueError:
             if cfg.emotion_data is None:  # the video set simply has no emotion labels
                 return {"skipped": f"no emotion-labelled {split!r} audio in {root} (pass --emotion-data)"}
             raise
@@ -574,29 +574,52 @@ class Evaluation:
 
     # ------------------------------------------------------------------ main
     def run(self) -> dict:
-        from talking_head.evaluation.report import PAPER_TABLE1, PAPER_TABLE2, write_report, write_json
-
-        cfg = self.cfg
-        started = time.perf_counter()
+        """Every stage the config asks for, in order; metrics.json is rewritten after each, so a long run that
+        stops part-way leaves what it had measured."""
+        self.started = time.perf_counter()
         self._check_config()
-        self.clips, skipped = load_clips(cfg.data, cfg.split, cfg.max_clips, cfg.max_seconds)
+        self.clips, skipped = load_clips(self.cfg.data, self.cfg.split, self.cfg.max_clips, self.cfg.max_seconds)
         self._load_pipeline()
         self.out.mkdir(parents=True, exist_ok=True)
+        self._start_detector()
+        self.emotion_scales = {}
+        self.emotions = {c.clip_id: self._emotion_for(c) for c in self.clips}
+        self.metrics.update(self._header(skipped))
+        self.frames_out, self.runs, self.predicted = {}, {}, {}
+        if self.pipe is not None:
+            self._run_landmark_model()
+        self._run_methods()
+        self._run_sweeps()
+        if self.pipe is not None:
+            self.pipe.scheduler = self.base_scheduler
+        self._run_emotion()
+        return self._finish()
+
+    def _save(self) -> None:
+        self.metrics["seconds"] = time.perf_counter() - self.started
+        from talking_head.evaluation.report import write_json
+
+        write_json(self.out / "metrics.json", self.metrics)
+        write_json(self.out / "frames.json", self.frames_out)
+
+    def _start_detector(self) -> None:
+        """dlib's landmark detector for M-LD / F-LD (a warning and no LD when dlib is missing)."""
         self.detector = None
-        if cfg.landmarks:
+        if self.cfg.landmarks:
             try:
                 self.detector = LandmarkDetector()
             except ImportError as err:
                 self.warnings.append(f"landmark distances skipped: {err}")
         self.gt_cache = GroundTruthLandmarks(self.detector)
-        n_frames = sum(c.num_frames for c in self.clips)
-        self.log(f"{len(self.clips)} {cfg.split} clips, {n_frames} frames "
-                 f"({sum(c.seconds for c in self.clips):.1f} s) of {cfg.data}; scoring at {self.size}x{self.size}")
+        self.log(f"{len(self.clips)} {self.cfg.split} clips, {sum(c.num_frames for c in self.clips)} frames "
+                 f"({sum(c.seconds for c in self.clips):.1f} s) of {self.cfg.data}; scoring at {self.size}x{self.size}")
 
-        self.emotion_scales = {}
-        self.emotions = {c.clip_id: self._emotion_for(c) for c in self.clips}
-        m = self.metrics
-        m.update({
+    def _header(self, skipped) -> dict:
+        """metrics.json's description of the run: config, pipeline, data, resolution, machine."""
+        from talking_head.evaluation.report import PAPER_TABLE1, PAPER_TABLE2
+
+        cfg = self.cfg
+        return {
             "format": FORMAT, "version": VERSION,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": cfg.command or config_to_command(cfg), "note": cfg.note,
@@ -610,95 +633,95 @@ class Evaluation:
                                 "emotion": self.emotions[c.clip_id][0], "emotion_source": self.emotions[c.clip_id][1]}
                                for c in self.clips],
                      "skipped": [{"clip_id": c, "reason": w} for c, w in skipped],
-                     "frames": n_frames, "scored_frames": sum(len(c.scored_indices) for c in self.clips)},
+                     "frames": sum(c.num_frames for c in self.clips),
+                     "scored_frames": sum(len(c.scored_indices) for c in self.clips)},
             "resolution": {"psnr_ssim": self.size, "landmarks": LD_SIZE if self.detector else None},
             "machine": machine_info(getattr(self, "device", "cpu")),
             "methods": {}, "landmark_model": None, "emotion_classifier": None,
             "sweeps": {}, "paper": {"table1": PAPER_TABLE1, "table2": PAPER_TABLE2},
             "warnings": self.warnings,
-        })  # fmt: skip
-        frames_out: dict = {}
+        }  # fmt: skip
 
-        def save():
-            m["seconds"] = time.perf_counter() - started
-            write_json(self.out / "metrics.json", m)
-            write_json(self.out / "frames.json", frames_out)
+    def _run_landmark_model(self) -> None:
+        t0 = time.perf_counter()
+        self.predicted = {c.clip_id: self._predicted_landmarks(c) for c in self.clips}
+        lm = self.metrics["landmark_model"] = self._evaluate_landmark_model()
+        lm["seconds"] = time.perf_counter() - t0
+        self.log(f"landmark model: M-LD {_fmt(lm['model']['m_ld'])} F-LD {_fmt(lm['model']['f_ld'])} "
+                 f"(identity repeated: {_fmt(lm['identity_floor']['m_ld'])} / {_fmt(lm['identity_floor']['f_ld'])})")
+        self._save()
 
-        self.predicted = {}
-        if self.pipe is not None:
-            t0 = time.perf_counter()
-            self.predicted = {c.clip_id: self._predicted_landmarks(c) for c in self.clips}
-            m["landmark_model"] = self._evaluate_landmark_model()
-            m["landmark_model"]["seconds"] = time.perf_counter() - t0
-            lm = m["landmark_model"]
-            self.log(f"landmark model: M-LD {_fmt(lm['model']['m_ld'])} F-LD {_fmt(lm['model']['f_ld'])} "
-                     f"(identity repeated: {_fmt(lm['identity_floor']['m_ld'])} / {_fmt(lm['identity_floor']['f_ld'])})")
-            save()
+    def _run_once(self, method, t, sampler, samples=0) -> dict:
+        """Each (method, t_start, sampler) setting runs once; a sweep row equal to a method row reuses it."""
+        name, steps = sampler
+        key = f"{method} t_start={t} sampler={sampler_label(name, steps, t)}" if method != "static" else method
+        if key not in self.runs:
+            res = self.run_method(method, int(t), sampler, samples=samples)
+            self.frames_out[key] = res.pop("frames")
+            self.runs[key] = res
+        else:
+            self.log(f"{key}: same setting as above, reused")
+        return {"summary": dict(self.runs[key]["summary"]), "clips": self.runs[key]["clips"], "run": key}
 
-        runs: dict = {}
-
-        def run_once(method, t, sampler, samples=0):
-            """Each (method, t_start, sampler) setting runs once; a sweep row equal to a method row reuses it."""
-            name, steps = sampler
-            key = f"{method} t_start={t} sampler={sampler_label(name, steps, t)}" if method != "static" else method
-            if key not in runs:
-                res = self.run_method(method, int(t), sampler, samples=samples)
-                frames_out[key] = res.pop("frames")
-                runs[key] = res
-            else:
-                self.log(f"{key}: same setting as above, reused")
-            return {"summary": dict(runs[key]["summary"]), "clips": runs[key]["clips"], "run": key}
-
+    def _run_methods(self) -> None:
+        cfg = self.cfg
         for method in cfg.methods:
             self.log(f"{method}: {len(self.clips)} clips ...")
-            res = run_once(method, cfg.t_start, self.sampler, samples=cfg.samples)
+            res = self._run_once(method, cfg.t_start, self.sampler, samples=cfg.samples)
             res["label"] = (DUBBING_LABELS if cfg.protocol == "dubbing" else METHOD_LABELS)[method]
-            m["methods"][method] = res
+            self.metrics["methods"][method] = res
             self.log(f"{method}: " + _summary_line(res["summary"]))
-            save()
+            self._save()
 
+    def _run_sweeps(self) -> None:
+        cfg, sweeps = self.cfg, self.metrics["sweeps"]
         if cfg.t_start_sweep:
             rows = []
             for t in cfg.t_start_sweep:
-                res = run_once("pipeline", int(t), self.sampler)
+                res = self._run_once("pipeline", int(t), self.sampler)
                 rows.append({**res["summary"], "t_start": int(t), "clips": res["clips"], "run": res["run"]})
                 self.log(f"t_start {t}: " + _summary_line(res["summary"]))
-                m["sweeps"]["t_start"] = {"sampler": cfg.sampler, "rows": rows}
-                save()
+                sweeps["t_start"] = {"sampler": cfg.sampler, "rows": rows}
+                self._save()
         if self.sweep_samplers:
             rows = []
             for spec, (name, steps) in zip(cfg.scheduler_sweep, self.sweep_samplers):
-                res = run_once("pipeline", cfg.t_start, (name, steps))
+                res = self._run_once("pipeline", cfg.t_start, (name, steps))
                 rows.append({**res["summary"], "sampler": name, "steps": effective_steps(steps, cfg.t_start),
                              "clips": res["clips"], "run": res["run"]})
                 self.log(f"sampler {spec}: " + _summary_line(res["summary"]))
-                m["sweeps"]["scheduler"] = {"t_start": cfg.t_start, "rows": rows}
-                save()
-        if self.pipe is not None:
-            self.pipe.scheduler = self.base_scheduler
+                sweeps["scheduler"] = {"t_start": cfg.t_start, "rows": rows}
+                self._save()
 
+    def _run_emotion(self) -> None:
+        """The expression score of generated landmarks, then the classifier (when there is one to score)."""
+        cfg, m = self.cfg, self.metrics
         if cfg.expression_data is not None:
             m["expression"] = self._evaluate_expression()
-            save()
-        if cfg.emotion_data is not None or cfg.emotion_classifier is not None or self.pipe is not None:
-            m["emotion_classifier"] = self._evaluate_emotion()
-            if "accuracy" in m["emotion_classifier"]:
-                e = m["emotion_classifier"]
-                self.log(f"emotion classifier: accuracy {e['accuracy']:.3f} on {e['n']} utterances")
-                if "cross_corpus" in e:
-                    x = e["cross_corpus"]
-                    self.log(f"emotion classifier, cross-corpus {x['data']}: accuracy {x['accuracy']:.3f} on "
-                             f"{x['n']} utterances ({len(x['classes'])} classes)")
+            self._save()
+        if cfg.emotion_data is None and cfg.emotion_classifier is None and self.pipe is None:
+            return
+        e = m["emotion_classifier"] = self._evaluate_emotion()
+        if "accuracy" in e:
+            self.log(f"emotion classifier: accuracy {e['accuracy']:.3f} on {e['n']} utterances")
+            if "cross_corpus" in e:
+                x = e["cross_corpus"]
+                self.log(f"emotion classifier, cross-corpus {x['data']}: accuracy {x['accuracy']:.3f} on "
+                         f"{x['n']} utterances ({len(x['classes'])} classes)")
+
+    def _finish(self) -> dict:
+        """The detector's cost, the verdict, the report."""
+        from talking_head.evaluation.report import verdict, write_report
+
+        m = self.metrics
         if self.detector is not None:
             m["landmark_detection"] = {"calls": self.detector.calls, "seconds": self.detector.seconds}
-        from talking_head.evaluation.report import verdict
-
         m["verdict"] = verdict(m)
         if m["verdict"]:
             self.log(f"verdict: the pipeline {m['verdict']['line']}")
-        save()
+        self._save()
         m["files"] = write_report(self.out, m)
-        save()
+        self._save()
         self.log(f"wrote {self.out / 'report.md'} and {self.out / 'metrics.json'} in {m['seconds']:.0f} s")
         return m
 

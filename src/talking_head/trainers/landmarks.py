@@ -41,12 +41,20 @@ from talking_head.data.dataset import TalkingHeadClipDataset, collate_clips
 from talking_head.head_pose import align_pose
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 from talking_head.training import (
-    JsonlLog, LANDMARK_PRESETS, TrainingRun, add_common_args, check_common_args, draw_landmarks, finish, held_out,
+    JsonlLog, TrainingRun, add_common_args, check_common_args, draw_landmarks, finish, held_out,
     landmark_distance, log_scalars, log_video, make_accelerator, resolve_data_dir, save_component_atomic,
     to_uint8_video, write_validation_mp4,
 )
 
 logger = logging.getLogger("train_landmarks")
+
+# The landmark model's sizes. "paper" is KFusionLandmarkModel's defaults (0.5M parameters; pass
+# --wav2vec2_model for the paper's wav2vec 2.0 Context domain).
+LANDMARK_PRESETS = {
+    "tiny": dict(n_mels=40, global_channels=32, context_channels=32, identity_dim=16, emotion_dim=8,
+                 num_temporal_blocks=1, kan_hidden_dims=(32,)),
+    "paper": {},
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
