@@ -837,6 +837,7 @@ def landmark_loss(
     absolute_weight: float = 0.0,
     silent_frames: torch.Tensor | None = None,
     silent_weight: float = 0.0,
+    distance: str = "squared",
 ) -> torch.Tensor:
     r"""
     The KFusion training loss on landmark sequences `(batch, frames, 68, 2)`:
@@ -854,7 +855,13 @@ def landmark_loss(
     face where it belongs. `silent_frames` (batch, frames) bool with `silent_weight` > 0 adds
     silent_weight * MSE(mouth points on those frames): the mouth shape on silence, where a closed
     mouth is the whole target.
+
+    `distance="euclidean"` replaces every squared error by the Euclidean distance per point (per
+    frame-to-frame motion for the velocity term), which is what M-LD / F-LD average: the model is then
+    pulled towards the conditional median of each point rather than its mean.
     """
+    if distance not in ("squared", "euclidean"):
+        raise ValueError(f"distance must be 'squared' or 'euclidean', got {distance!r}")
     if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise ValueError("pred and target must be torch tensors")
     if pred.shape != target.shape:
@@ -862,22 +869,33 @@ def landmark_loss(
     if pred.ndim != 4 or pred.shape[-2:] != (NUM_LANDMARKS, 2):
         raise ValueError(f"pred must be (batch, frames, {NUM_LANDMARKS}, 2), got {tuple(pred.shape)}")
     pred, target = pred.float(), target.float()
-    absolute = F.mse_loss(pred, target) if absolute_weight else None
+    err = _point_error if distance == "euclidean" else F.mse_loss
+    absolute = err(pred, target) if absolute_weight else None
     if centered:
         pred = pred - pred.mean(dim=-2, keepdim=True)
         target = target - target.mean(dim=-2, keepdim=True)
-    loss = all_weight * F.mse_loss(pred, target)
+    loss = all_weight * err(pred, target)
     if absolute is not None:
         loss = loss + absolute_weight * absolute
     if silent_frames is not None and silent_weight:
         if silent_frames.shape != pred.shape[:2]:
             raise ValueError(f"silent_frames must be (batch, frames) = {tuple(pred.shape[:2])}, "
                              f"got {tuple(silent_frames.shape)}")
-        mask = silent_frames.to(device=pred.device, dtype=pred.dtype)[..., None, None]
-        err = (pred[:, :, MOUTH_SLICE] - target[:, :, MOUTH_SLICE]).pow(2) * mask
-        count = mask.sum() * err.shape[-2] * err.shape[-1]
-        loss = loss + silent_weight * err.sum() / count.clamp_min(1.0)
-    loss = loss + mouth_weight * F.mse_loss(pred[:, :, MOUTH_SLICE], target[:, :, MOUTH_SLICE])
+        mask = silent_frames.to(device=pred.device, dtype=pred.dtype)
+        mouth_pred, mouth_target = pred[:, :, MOUTH_SLICE], target[:, :, MOUTH_SLICE]
+        if distance == "euclidean":
+            per_frame = _point_error(mouth_pred, mouth_target, reduce=False)
+        else:
+            per_frame = (mouth_pred - mouth_target).pow(2).mean((-2, -1))
+        loss = loss + silent_weight * (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
+    loss = loss + mouth_weight * err(pred[:, :, MOUTH_SLICE], target[:, :, MOUTH_SLICE])
     if pred.shape[1] > 1 and velocity_weight:
-        loss = loss + velocity_weight * F.mse_loss(pred.diff(dim=1), target.diff(dim=1))
+        loss = loss + velocity_weight * err(pred.diff(dim=1), target.diff(dim=1))
     return loss
+
+
+def _point_error(pred: torch.Tensor, target: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    """Mean Euclidean distance between (..., points, 2) sets (per leading index when not `reduce`); the small
+    epsilon keeps the gradient finite where a point is exact."""
+    dist = ((pred - target).pow(2).sum(-1) + 1e-12).sqrt().mean(-1)
+    return dist.mean() if reduce else dist

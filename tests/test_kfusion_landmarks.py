@@ -408,6 +408,28 @@ def test_centered_loss_ignores_translation_and_silent_term_weighs_silent_mouths(
         landmark_loss(pred, target, silent_frames=silent[:, :4], silent_weight=1.0)
 
 
+def test_euclidean_distance_loss_is_the_mean_point_distance():
+    torch.manual_seed(0)
+    target = torch.rand(2, 6, 68, 2)
+    pred = target.clone()
+    pred[..., MOUTH_SLICE, 0] += 0.03  # every mouth point 0.05 away (a 3-4-5 triangle)
+    pred[..., MOUTH_SLICE, 1] += 0.04
+    mouth_only = dict(all_weight=0.0, velocity_weight=0.0, mouth_weight=1.0)
+    assert landmark_loss(pred, target, distance="euclidean", **mouth_only).item() == pytest.approx(0.05, rel=1e-5)
+    assert landmark_loss(pred, target, **mouth_only).item() == pytest.approx((0.03**2 + 0.04**2) / 2, rel=1e-4)
+    # the silent term is a distance too, on silent frames only
+    silent = torch.zeros(2, 6, dtype=torch.bool)
+    silent[:, :2] = True
+    extra = landmark_loss(pred, target, distance="euclidean", silent_frames=silent, silent_weight=1.0, **mouth_only)
+    assert extra.item() - 0.05 == pytest.approx(0.05, rel=1e-4)
+    # an exact prediction has a finite gradient (no 0 / 0 at distance 0)
+    exact = target.clone().requires_grad_(True)
+    landmark_loss(exact, target, distance="euclidean").backward()
+    assert torch.isfinite(exact.grad).all()
+    with pytest.raises(ValueError, match="distance"):
+        landmark_loss(pred, target, distance="l1")
+
+
 def test_loss_errors():
     with pytest.raises(ValueError, match="same shape"):
         landmark_loss(torch.zeros(1, 2, 68, 2), torch.zeros(1, 3, 68, 2))

@@ -129,6 +129,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     loss.add_argument("--mouth_weight", type=float, default=0.8, help="weight of the MSE over the 20 mouth points")
     loss.add_argument("--velocity_weight", type=float, default=0.5,
                       help="weight of the MSE of frame-to-frame differences (against jitter)")
+    loss.add_argument("--point_distance", choices=("squared", "euclidean"), default="squared",
+                      help="squared error per coordinate (MSE), or the Euclidean distance per point, which is what "
+                           "M-LD / F-LD average (landmark_loss's `distance`)")
     loss.add_argument("--centered_loss", action="store_true",
                       help="compare per-frame mean-centred points (as M-LD does): the head's translation, which the "
                            "audio cannot tell, stops dominating the mouth's shape")
@@ -531,7 +534,8 @@ class Validator:
             pred = forward(model, batch, batch["emotion"], args.audio_context_frames)
             losses.append(landmark_loss(pred, batch["landmarks"], mouth_weight=args.mouth_weight,
                                         all_weight=args.all_weight, velocity_weight=args.velocity_weight,
-                                        centered=args.centered_loss, absolute_weight=args.absolute_weight).item())
+                                        centered=args.centered_loss, absolute_weight=args.absolute_weight,
+                                        distance=args.point_distance).item())
             preds.append(pred.cpu())
             targets.append(batch["landmarks"].cpu())
             identities.append(batch["reference_landmarks"].cpu())
@@ -620,7 +624,8 @@ def main(argv=None) -> None:
             loss = landmark_loss(pred, batch["landmarks"], mouth_weight=args.mouth_weight,
                                  all_weight=args.all_weight, velocity_weight=args.velocity_weight,
                                  centered=args.centered_loss, absolute_weight=args.absolute_weight,
-                                 silent_frames=silent, silent_weight=args.silent_weight)
+                                 silent_frames=silent, silent_weight=args.silent_weight,
+                                 distance=args.point_distance)
             loop.backward_and_step(loss, pred.shape[0], optimizer, lr_scheduler, params)
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
