@@ -39,19 +39,25 @@ def make_public(path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
-def save_pipeline_atomic(pipe, output, **kwargs) -> Path:
-    """`pipe.save_pretrained(output)` written to a temporary sibling first, then renamed into place."""
+def write_dir_atomic(output, write) -> Path:
+    """`write(folder)` into a temporary sibling of `output`, then that folder renamed into place: `output` is
+    either the old folder or the complete new one, never half-written."""
     target = Path(output).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True, **kwargs)
+        write(tmp)
         make_public(tmp, directory=True)
         replace_dir_atomic(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def save_pipeline_atomic(pipe, output, **kwargs) -> Path:
+    """`pipe.save_pretrained(output)` written to a temporary sibling first, then renamed into place."""
+    return write_dir_atomic(output, lambda folder: pipe.save_pretrained(folder, safe_serialization=True, **kwargs))
 
 
 def smooth_over_time(values: torch.Tensor, sigma: float) -> torch.Tensor:

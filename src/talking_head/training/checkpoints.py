@@ -12,7 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
-from talking_head.utils import make_public, replace_dir_atomic
+from talking_head.utils import replace_dir_atomic, write_dir_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -200,20 +200,12 @@ def start_or_resume(accelerator, args, output_dir, train_dataloader, ema=None, *
 # ------------------------------------------------------------------------------------------------ saving
 def save_component_atomic(model, path, extras=(), **kwargs) -> Path:
     """`model.save_pretrained(path)` (and `extra.save_pretrained(path)` for each of `extras`, e.g. a feature
-    extractor) written to a temporary sibling first, then renamed into place (the component-level twin of
-    talking_head.utils.save_pipeline_atomic)."""
-    import tempfile
+    extractor) written to a temporary sibling first, then renamed into place (talking_head.utils.write_dir_atomic,
+    as the pipeline is saved)."""
 
-    target = Path(path).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, **kwargs)
+    def write(folder):
+        model.save_pretrained(folder, **kwargs)
         for extra in extras:
-            extra.save_pretrained(tmp)
-        make_public(tmp, directory=True)
-        replace_dir_atomic(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+            extra.save_pretrained(folder)
+
+    return write_dir_atomic(path, write)
