@@ -424,66 +424,24 @@ class Evaluation:
 
     def run_method(self, method: str, t_start: int, sampler: tuple[str, int | None], samples: int = 0) -> dict:
         """Generate and score every clip with one method and setting; returns {"summary", "clips"}."""
-        import torch
-
         clip_results = []
         total_gen, total_seconds = 0.0, 0.0
         name, steps = sampler
         if method != "static":
             self._set_sampler(name)
         for k, clip in enumerate(self.clips):
-            driving = None
-            if method == "pipeline":
-                driving = self.predicted.get(clip.clip_id)
-            elif method == "gt_landmarks":
-                driving = clip.filled_landmarks() * (LD_SIZE / clip.size)
-            elif method == "static":
-                driving = np.broadcast_to(clip.reference_landmarks * (LD_SIZE / clip.size),
-                                          (clip.num_frames, 68, 2))
+            driving = self._driving(method, clip)
             panel, finish = (None, None)
             if k < samples:
                 panel, finish = self._sample_writer(method, clip)
             scorer = ClipScorer(clip, self.size, self.gt_cache, self.detector, driving=driving, panel_writer=panel)
             ok = False
             try:
-                started = time.perf_counter()
-                if method == "static" and self.cfg.protocol == "dubbing":
-                    from talking_head.evaluation.dubbing import frozen_mouth_frames
-
-                    for frame in frozen_mouth_frames(clip, getattr(self.pipe, "mask_noise", None)):
-                        scorer.add(frame)
-                    gen_time = 0.0
-                elif method == "static":
-                    frame = identity_crop(clip.reference, self.size)
-                    pts = self.detector(frame) if self.detector is not None else None
-                    for _ in range(clip.num_frames):
-                        scorer.add(frame, generated_landmarks=pts)
+                if method == "static":
+                    self._score_static(clip, scorer)
                     gen_time = 0.0
                 else:
-                    pipe = self.pipe
-                    given = None
-                    if method == "gt_landmarks":
-                        given = clip.filled_landmarks()  # pixels of the output: the stored crop is the photo
-                    generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed + k)
-                    kwargs = dict(sample_rate=SAMPLE_RATE, identity_landmarks=clip.reference_landmarks,
-                                  emotion=self.emotions[clip.clip_id][0], t_start=t_start,
-                                  num_inference_steps=steps, guidance_scale=self.cfg.guidance_scale,
-                                  fps=clip.fps, generator=generator, output_type=None, frames_callback=scorer,
-                                  emotion_scale=self.emotion_scales.get(clip.clip_id, 1.0))
-                    if self.cfg.protocol == "dubbing":
-                        from talking_head.evaluation.dubbing import clip_video
-
-                        frames, lmk = clip_video(clip)
-                        kwargs.update(identity_landmarks=lmk, reference_frame=clip.reference_index)
-                        out = pipe(clip.audio, frames, landmarks=given, **kwargs)
-                    else:
-                        out = pipe(clip.audio, clip.reference, landmarks=given, crop_face=False, **kwargs)
-                    gen_time = time.perf_counter() - started - scorer.busy
-                    if method == "pipeline" and driving is not None and self.cfg.protocol == "photo":
-                        diff = float(np.abs(out.landmarks[0] * (LD_SIZE / clip.size) - driving).max())
-                        if diff > 1e-2:
-                            self.warnings.append(f"{clip.clip_id}: the pipeline's landmarks differ from the "
-                                                 f"separately computed prediction by up to {diff:.3g} px")
+                    gen_time = self._generate_clip(method, k, clip, t_start, steps, scorer, driving)
                 summary = scorer.summary()
                 ok = True
             finally:
@@ -506,6 +464,59 @@ class Evaluation:
                 "clips": [{"clip_id": c["clip_id"], "emotion": c["emotion"], **c["summary"], "samples": c["samples"]}
                           for c in clip_results],
                 "frames": {c["clip_id"]: c["rows"] for c in clip_results}}
+
+    def _driving(self, method: str, clip: EvalClip) -> np.ndarray | None:
+        """The landmarks a method draws (pixels at LD_SIZE), shown in the sample panels; None if unknown."""
+        if method == "pipeline":
+            return self.predicted.get(clip.clip_id)
+        if method == "gt_landmarks":
+            return clip.filled_landmarks() * (LD_SIZE / clip.size)
+        if method == "static":
+            return np.broadcast_to(clip.reference_landmarks * (LD_SIZE / clip.size), (clip.num_frames, 68, 2))
+        return None
+
+    def _score_static(self, clip: EvalClip, scorer: ClipScorer) -> None:
+        """The floor: the reference frame held still (photo) or its lower face pasted into every frame (dubbing)."""
+        if self.cfg.protocol == "dubbing":
+            from talking_head.evaluation.dubbing import frozen_mouth_frames
+
+            for frame in frozen_mouth_frames(clip, getattr(self.pipe, "mask_noise", None)):
+                scorer.add(frame)
+            return
+        frame = identity_crop(clip.reference, self.size)
+        pts = self.detector(frame) if self.detector is not None else None
+        for _ in range(clip.num_frames):
+            scorer.add(frame, generated_landmarks=pts)
+
+    def _generate_clip(self, method: str, k: int, clip: EvalClip, t_start: int, steps: int | None,
+                       scorer: ClipScorer, driving: np.ndarray | None) -> float:
+        """Run the pipeline on clip k (seed + k), its frames going straight to `scorer`; returns the seconds
+        spent generating (scoring excluded)."""
+        import torch
+
+        started = time.perf_counter()
+        given = clip.filled_landmarks() if method == "gt_landmarks" else None  # pixels of the stored crop
+        generator = torch.Generator(device="cpu").manual_seed(self.cfg.seed + k)
+        kwargs = dict(sample_rate=SAMPLE_RATE, identity_landmarks=clip.reference_landmarks,
+                      emotion=self.emotions[clip.clip_id][0], t_start=t_start,
+                      num_inference_steps=steps, guidance_scale=self.cfg.guidance_scale,
+                      fps=clip.fps, generator=generator, output_type=None, frames_callback=scorer,
+                      emotion_scale=self.emotion_scales.get(clip.clip_id, 1.0))
+        if self.cfg.protocol == "dubbing":
+            from talking_head.evaluation.dubbing import clip_video
+
+            frames, lmk = clip_video(clip)
+            kwargs.update(identity_landmarks=lmk, reference_frame=clip.reference_index)
+            out = self.pipe(clip.audio, frames, landmarks=given, **kwargs)
+        else:
+            out = self.pipe(clip.audio, clip.reference, landmarks=given, crop_face=False, **kwargs)
+        gen_time = time.perf_counter() - started - scorer.busy
+        if method == "pipeline" and driving is not None and self.cfg.protocol == "photo":
+            diff = float(np.abs(out.landmarks[0] * (LD_SIZE / clip.size) - driving).max())
+            if diff > 1e-2:
+                self.warnings.append(f"{clip.clip_id}: the pipeline's landmarks differ from the "
+                                     f"separately computed prediction by up to {diff:.3g} px")
+        return gen_time
 
     # ------------------------------------------------------------------ emotion
     def _evaluate_emotion(self):
