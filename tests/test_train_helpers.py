@@ -181,6 +181,23 @@ def test_region_loss_counts_only_the_region_and_the_structure_terms():
         training.region_loss(x, y, mask, "perceptual")
 
 
+def test_region_loss_weighs_the_lips_when_asked():
+    x = torch.zeros(1, 3, 1, 16, 16)
+    y = torch.zeros_like(x)
+    y[..., :8] = 1.0  # wrong on the left half
+    mask = torch.ones(1, 1, 1, 16, 16)
+    lips = torch.zeros_like(mask)
+    lips[..., :8] = 1.0  # the lips are where the error is
+    plain = training.region_loss(x, y, mask)
+    assert training.region_loss(x, y, mask, lips=lips, lip_weight=0.0) == pytest.approx(plain)
+    # weights 1 + 3 on the wrong half, 1 on the right one: mean error (4 * 1) / (4 + 1) = 0.8
+    assert training.region_loss(x, y, mask, lips=lips, lip_weight=3.0) == pytest.approx(0.8)
+    assert training.region_loss(x, x, mask, lips=lips, lip_weight=3.0) == 0
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="lip_weight"):
+            training.region_loss(x, y, mask, lips=lips, lip_weight=bad)
+
+
 def test_classifier_free_dropout_and_timestep_sampling():
     scheduler, mask_noise, batch = default_ddpm_scheduler(), training.build_mask_noise(BOX), _batch()
     t = torch.tensor([0, 1])

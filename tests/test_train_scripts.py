@@ -92,7 +92,7 @@ def test_diffusion_survives_sigkill_resumes_exactly_and_saves_a_pipeline(tmp_pat
     out = tmp_path / "run"
     args = ["--data_dir", video_data, "--output_dir", out, *DIFFUSION_ARGS, "--max_train_steps", "12",
             "--gradient_accumulation_steps", "2", "--checkpointing_steps", "4", "--checkpoints_total_limit", "2",
-            "--validation_steps", "6", "--use_ema",
+            "--validation_steps", "6", "--use_ema", "--lip_weight", "2",
             "--landmark_model", components / "landmarks" / "landmark_model",
             "--emotion_model", components / "emotion" / "emotion_classifier"]
     # 1. Start, and SIGKILL it once checkpoint-4 exists and it has trained on past it (it sleeps 0.5 s per update).
@@ -152,6 +152,7 @@ def test_diffusion_survives_sigkill_resumes_exactly_and_saves_a_pipeline(tmp_pat
     pipe = TalkingHeadPipeline.from_pretrained(out / "pipeline")
     info = json.loads((out / "pipeline" / "training_info.json").read_text())
     assert info["components"]["landmark_model"].startswith("trained")
+    assert info["lip_weight"] == 2 and info["prediction_type"] == "sample"  # the weighted L1 ran
     assert pipe.scheduler.config.prediction_type == info["prediction_type"]
     assert pipe.config.clip_frames == 4 and pipe.unet.config.sample_size == 16
     pipe.set_progress_bar_config(disable=True)

@@ -79,6 +79,14 @@ wait
         --validation_clips 0 --num_validation_videos 0 --region_points 4-12,31-35,48-67 \
         --landmark_model "$WORK/landmarks/landmark_model" --output_dir "$WORK/diffusion" \
         --resume_from_checkpoint latest
+# 2d. Its fine-tune (attempt r3): 400 more updates at a lower learning rate with more L1 weight on the lips
+#     (--lip_weight 4), so the drawn mouth opens as far as its landmarks ask; ~8.5 min on one core.
+[ -f "$WORK/diffusion_lips/pipeline/model_index.json" ] || \
+    $PY train/train_diffusion.py --data_dir "$WORK/data/obama" --preset tiny --resolution "$RESOLUTION" \
+        --clip_frames 8 --train_batch_size 4 --max_train_steps 400 --learning_rate 3e-4 --lr_warmup_steps 20 \
+        --use_ema --ema_decay 0.99 --checkpointing_steps 100000 --validation_clips 0 --num_validation_videos 0 \
+        --region_points 4-12,31-35,48-67 --lip_weight 4 --pretrained_unet "$WORK/diffusion/pipeline" \
+        --landmark_model "$WORK/landmarks/landmark_model" --output_dir "$WORK/diffusion_lips" --report_to none
 
 # 3. Assemble: the diffusion run's pipeline with the trained landmark model (with its emotions) and the emotion
 #    classifier; the UNet learned only the null class from the unlabelled video, and the pipeline's config says so
@@ -93,7 +101,7 @@ from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 from talking_head.utils import save_pipeline_atomic
 
 work = Path(sys.argv[1])
-pipe = TalkingHeadPipeline.from_pretrained(work / "diffusion" / "pipeline")
+pipe = TalkingHeadPipeline.from_pretrained(work / "diffusion_lips" / "pipeline")
 pipe.landmark_model = KFusionLandmarkModel.from_pretrained(work / "landmarks_emotion" / "landmark_model")
 classifier = load_emotion_classifier(work / "emotion" / "emotion_classifier")
 extractor = load_emotion_feature_extractor(work / "emotion" / "emotion_classifier", classifier)

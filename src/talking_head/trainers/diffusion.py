@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -109,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                            help="with --prediction_type sample: add 1 - SSIM or an image-gradient L1 to the region "
                                 "L1 (talking_head.training.region_loss)")
     diffusion.add_argument("--structure_weight", type=float, default=0.2, help="weight of --structure_loss")
+    diffusion.add_argument("--lip_weight", type=float, default=0.0,
+                           help="extra L1 weight on the lips (1 + W x the target's lip heatmaps; 0 = plain L1)")
     diffusion.add_argument("--region_points", type=str, default=None,
                            help="landmark indices of the region and the box, e.g. 3-13,31-35,48-67 (default: those "
                                 "of the --pretrained_unet pipeline, else the mask-noise layer's: jaw 4-12, nose "
@@ -146,6 +149,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--region_points must look like 3-13,31-35,48-67, got {args.region_points!r}")
     if not 0 <= args.first_step_fraction <= 1:
         parser.error("--first_step_fraction must be in [0, 1]")
+    if not (math.isfinite(args.lip_weight) and args.lip_weight >= 0):
+        parser.error("--lip_weight must be a number >= 0")
     if not 0 <= args.p_uncond < 1:
         parser.error("--p_uncond must be in [0, 1)")
     if not 1 <= args.t_start <= 1000:
@@ -356,7 +361,9 @@ def main(argv=None) -> None:
                                        t, p_uncond=args.p_uncond, jitter=not args.no_box_jitter, first_step=first)
             pred = unet(pair.model_input, pair.timesteps, class_labels=pair.class_labels).sample
             if args.prediction_type == "sample":  # DESIGN 7.2 item 4: x0, L1 on the region
-                loss = region_loss(pred, pair.target, pair.mask, args.structure_loss, args.structure_weight)
+                lips = pair.heatmaps[:, 1:3].amax(dim=1, keepdim=True)  # outer and inner lips (HEATMAP_GROUPS)
+                loss = region_loss(pred, pair.target, pair.mask, args.structure_loss, args.structure_weight,
+                                   lips=lips, lip_weight=args.lip_weight)
             else:
                 loss = F.mse_loss(pred.float(), pair.target.float())
             loop.backward_and_step(loss, frames.shape[0], optimizer, lr_scheduler, unet.parameters())
@@ -381,7 +388,7 @@ def main(argv=None) -> None:
         path = save_pipeline_atomic(pipe, output_dir / "pipeline")
         info = {"global_step": global_step, "prediction_type": args.prediction_type,
                 "timestep_sampling": args.timestep_sampling, "ema": bool(args.use_ema),
-                "structure_loss": args.structure_loss, "reference": args.reference, "mask_mode": args.mask_mode,
+                "structure_loss": args.structure_loss, "lip_weight": args.lip_weight, "reference": args.reference, "mask_mode": args.mask_mode,
                 "first_step_fraction": args.first_step_fraction, "reference_residual": args.reference_residual,
                 "resolution": args.resolution, "clip_frames": args.clip_frames, "data_dir": str(data_dir),
                 "unet_emotion_conditioning": pipe.config.unet_emotion_conditioning,

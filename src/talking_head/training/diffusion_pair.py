@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 from talking_head.constants import NULL_EMOTION
@@ -170,14 +172,23 @@ STRUCTURE_LOSSES = ("none", "ssim", "edge")
 
 
 def region_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, structure: str = "none",
-                structure_weight: float = 0.2) -> torch.Tensor:
+                structure_weight: float = 0.2, lips: torch.Tensor | None = None,
+                lip_weight: float = 0.0) -> torch.Tensor:
     """L1 inside the region (B, 1, F, S, S) of x0 predictions (B, 3, F, S, S), plus an optional structural term.
 
     "ssim": 1 - SSIM (11-tap Gaussian window, sigma 1.5) averaged over the region; "edge": L1 of the horizontal
     and vertical image gradients inside the region (sharp lip and teeth edges instead of an average blur).
+    `lips` (B, 1, F, S, S) in [0, 1], e.g. the target's lip heatmaps: each pixel's weight is 1 + lip_weight * lips
+    (the few pixels between the lips decide how open the drawn mouth looks, and an average over the whole region
+    lets the model blur them).
     """
+    if not (math.isfinite(lip_weight) and lip_weight >= 0):
+        raise ValueError(f"lip_weight must be a number >= 0, got {lip_weight!r}")
     pred, target = pred.float(), target.float()
-    weight = mask.float().expand_as(pred)
+    weight = mask.float()
+    if lips is not None and lip_weight > 0:
+        weight = weight * (1.0 + lip_weight * lips.float().clamp(0, 1))
+    weight = weight.expand_as(pred)
     denom = weight.sum().clamp_min(1.0)
     loss = ((pred - target).abs() * weight).sum() / denom
     if structure == "none":
