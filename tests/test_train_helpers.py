@@ -196,6 +196,12 @@ def test_region_loss_weighs_the_lips_when_asked():
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="lip_weight"):
             training.region_loss(x, y, mask, lips=lips, lip_weight=bad)
+    # the lip map is the brightest lip channel of the UNet's heatmaps: outer and inner lips, not jaw / nose
+    heatmaps = torch.zeros(1, 3, 1, 16, 16)
+    heatmaps[:, 0] = 1.0
+    heatmaps[:, 2, :, 4, 4] = 0.7
+    assert training.lip_heatmaps(heatmaps).shape == (1, 1, 1, 16, 16)
+    assert training.lip_heatmaps(heatmaps).max() == pytest.approx(0.7)
 
 
 def test_classifier_free_dropout_and_timestep_sampling():

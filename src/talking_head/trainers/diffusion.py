@@ -50,9 +50,9 @@ from talking_head.presets import PRESETS
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, default_ddpm_scheduler
 from talking_head.training import (
     JsonlLog, PREDICTION_TYPES, STRUCTURE_LOSSES, TIMESTEP_SAMPLING, TrainingRun, add_common_args, build_mask_noise,
-    build_unet, check_common_args, finish, held_out, log_scalars, log_video, make_accelerator, make_diffusion_pair,
-    predicted_sample, psnr, region_loss, resolve_data_dir, sample_timesteps, to_uint8_video, upscale_frames,
-    write_validation_mp4,
+    build_unet, check_common_args, finish, held_out, lip_heatmaps, log_scalars, log_video, make_accelerator,
+    make_diffusion_pair, predicted_sample, psnr, region_loss, resolve_data_dir, sample_timesteps, to_uint8_video,
+    upscale_frames, write_validation_mp4,
 )
 from talking_head.utils import save_pipeline_atomic
 
@@ -361,7 +361,7 @@ def main(argv=None) -> None:
                                        t, p_uncond=args.p_uncond, jitter=not args.no_box_jitter, first_step=first)
             pred = unet(pair.model_input, pair.timesteps, class_labels=pair.class_labels).sample
             if args.prediction_type == "sample":  # DESIGN 7.2 item 4: x0, L1 on the region
-                lips = pair.heatmaps[:, 1:3].amax(dim=1, keepdim=True)  # outer and inner lips (HEATMAP_GROUPS)
+                lips = lip_heatmaps(pair.heatmaps) if args.lip_weight > 0 else None
                 loss = region_loss(pred, pair.target, pair.mask, args.structure_loss, args.structure_weight,
                                    lips=lips, lip_weight=args.lip_weight)
             else:

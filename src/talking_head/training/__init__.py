@@ -43,7 +43,7 @@ from talking_head.training.data_order import (  # noqa: F401
 from talking_head.training.datasets import held_out, resolve_data_dir  # noqa: F401
 from talking_head.training.diffusion_pair import (  # noqa: F401
     PREDICTION_TYPES, STRUCTURE_LOSSES, TIMESTEP_SAMPLING, DiffusionPair, build_mask_noise, build_unet,
-    make_diffusion_pair, mouth_boxes, predicted_sample, region_loss, sample_timesteps, ssim_map,
+    lip_heatmaps, make_diffusion_pair, mouth_boxes, predicted_sample, region_loss, sample_timesteps, ssim_map,
 )
 from talking_head.training.logs import (  # noqa: F401
     METRICS_FILE, JsonlLog, batch_ids, batch_log, draw_landmarks, log_scalars, log_video, metrics_log,

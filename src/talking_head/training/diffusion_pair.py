@@ -171,6 +171,15 @@ def make_diffusion_pair(batch: dict, mask_noise, scheduler, sample_size: int, pr
 STRUCTURE_LOSSES = ("none", "ssim", "edge")
 
 
+def lip_heatmaps(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(B, 1, F, S, S): the brightest of the heatmap channels (B, C, F, S, S) drawn from lip points only (the
+    groups of GaussianMaskNoise's HEATMAP_GROUPS inside 48-67), for region_loss's `lips`."""
+    from talking_head.models.mask_noise import HEATMAP_GROUPS
+
+    channels = [i for i, group in enumerate(HEATMAP_GROUPS) if min(group) >= 48]
+    return heatmaps[:, channels].amax(dim=1, keepdim=True)
+
+
 def region_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, structure: str = "none",
                 structure_weight: float = 0.2, lips: torch.Tensor | None = None,
                 lip_weight: float = 0.0) -> torch.Tensor:
