@@ -145,16 +145,18 @@ class _LogMelFrontend(nn.Module):
     torch.stft + a mel filterbank instead of torchaudio (see DESIGN.md 6).
     """
 
-    def __init__(self, sample_rate: int, n_mels: int, deltas: bool = False):
+    def __init__(self, sample_rate: int, n_mels: int, deltas: bool = False, max_frequency: float | None = None,
+                 band_mean: bool = False):
         super().__init__()
         self.deltas = bool(deltas)
+        self.band_mean = bool(band_mean)
         self.n_fft = int(round(0.025 * sample_rate))
         self.hop_length = int(round(0.010 * sample_rate))
         filters = mel_filter_bank(
             num_frequency_bins=self.n_fft // 2 + 1,
             num_mel_filters=n_mels,
             min_frequency=0.0,
-            max_frequency=sample_rate / 2,
+            max_frequency=sample_rate / 2 if max_frequency is None else float(max_frequency),
             sampling_rate=sample_rate,
             norm="slaney",
             mel_scale="slaney",
@@ -182,10 +184,21 @@ class _LogMelFrontend(nn.Module):
         # Whisper's scaling: 80 dB dynamic range below each clip's peak, roughly in [-1, 1].
         log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
         log_mel = (log_mel + 4.0) / 4.0
+        if self.band_mean:
+            log_mel = log_mel - _active_band_mean(mel, log_mel)
         if not self.deltas:
             return log_mel
         delta = _deltas(log_mel)
         return torch.cat([log_mel, delta, _deltas(delta)], dim=-1)
+
+
+def _active_band_mean(mel: torch.Tensor, log_mel: torch.Tensor, below_peak_db: float = 30.0) -> torch.Tensor:
+    """(B, 1, n_mels): each band's mean log-mel over the active steps (total energy within `below_peak_db`
+    of the loudest step): the voice's and the microphone's average spectrum, which says who and where, not
+    what is said. Silence is left out so the mean does not depend on how much of it surrounds the speech."""
+    energy = mel.sum(-1, keepdim=True)  # (B, T, 1)
+    active = (energy >= energy.amax(dim=1, keepdim=True) * 10.0 ** (-below_peak_db / 10.0)).to(log_mel.dtype)
+    return (log_mel * active).sum(1, keepdim=True) / active.sum(1, keepdim=True).clamp_min(1.0)
 
 
 def _deltas(features: torch.Tensor, width: int = 2) -> torch.Tensor:
@@ -352,6 +365,11 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             the displacements are in face widths (times `displacement_scale`, then times face width / 0.5, 0.5
             being the face width in a prepared crop): a face of another size or place in the crop gets the
             same motion, scaled to it, which is what lets a model trained on a few faces move others.
+        mel_max_frequency (`float`, *optional*): the log-mel's upper edge in Hz (default: half the sample rate).
+            4000 makes the Context domain hear only the telephone band, so 8 kHz recordings are not foreign.
+        mel_band_mean (`bool`, defaults to `False`): subtract each log-mel band's mean over the input's active
+            steps (cepstral-mean-style normalisation: the speaker's and the channel's spectral balance is
+            removed, the changes that follow the words are kept).
         mel_deltas (`bool`, defaults to `False`): append the log-mel's first and second time deltas
             (HTK regression over +-2 steps) to the Context domain's input, 3 x n_mels features.
         trained_emotions (`list`, *optional*): the emotion names whose embedding rows were trained (recorded by
@@ -408,6 +426,8 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         loudness_floor: float = 1e-3,
         mel_deltas: bool = False,
         loudness_reference: str = "clip",
+        mel_max_frequency: float | None = None,
+        mel_band_mean: bool = False,
         identity_frame: str = "crop",
         trained_emotions: list | None = None,
         emotion_aliases: dict | None = None,
@@ -430,8 +450,10 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             raise ValueError(f"identity_frame must be 'crop' or 'face', got {identity_frame!r}")
         if loudness_reference not in ("clip", "active"):
             raise ValueError(f"loudness_reference must be 'clip' or 'active', got {loudness_reference!r}")
-        if mel_deltas and context_encoder != "logmel":
-            raise ValueError("mel_deltas applies to the logmel context encoder only")
+        if (mel_deltas or mel_band_mean or mel_max_frequency is not None) and context_encoder != "logmel":
+            raise ValueError("mel_deltas, mel_band_mean and mel_max_frequency apply to the logmel context encoder only")
+        if mel_max_frequency is not None and not (0 < mel_max_frequency <= sample_rate / 2):
+            raise ValueError(f"mel_max_frequency must be in (0, {sample_rate / 2:g}] Hz, got {mel_max_frequency}")
         if temporal_kernel_size % 2 != 1:
             raise ValueError(f"temporal_kernel_size must be odd (keeps frames aligned), got {temporal_kernel_size}")
         if context_dilations is not None and (
@@ -449,7 +471,8 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
 
         # Context domain: log-mel or wav2vec2 features at their own rate, resampled to frames later.
         if context_encoder == "logmel":
-            self.context_frontend = _LogMelFrontend(sample_rate, n_mels, deltas=mel_deltas)
+            self.context_frontend = _LogMelFrontend(sample_rate, n_mels, deltas=mel_deltas,
+                                                    max_frequency=mel_max_frequency, band_mean=mel_band_mean)
         else:
             if wav2vec2_config is None:
                 raise ValueError(

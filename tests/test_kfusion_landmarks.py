@@ -322,6 +322,43 @@ def test_context_dilations_widen_what_a_frame_hears_and_round_trip(tmp_path):
             build(context_dilations=bad)
 
 
+def test_mel_band_mean_removes_a_fixed_filter_and_round_trips(tmp_path):
+    """mel_band_mean: a fixed filter on the recording (a microphone's or a voice's spectral balance: here
+    pre-emphasis, +-10 dB across the band) is a constant per log-mel band, and the band mean removes it; the
+    plain front end passes it on. Silence around the speech does not change the mean."""
+    plain, normed = build(), build(mel_band_mean=True)
+    wave = audio(1.0, batch=1)
+    filtered = torch.cat([wave[:, :1], wave[:, 1:] - 0.5 * wave[:, :-1]], dim=1)
+    with torch.no_grad():
+        for m, removed in ((plain, False), (normed, True)):
+            change = (m.context_frontend(wave) - m.context_frontend(filtered)).abs().mean()
+            assert (change < 0.02) == removed, float(change)
+        padded = torch.cat([wave, torch.zeros(1, SR)], dim=1)
+        steps = normed.context_frontend(wave).shape[1] - 2  # the last steps hear the padding's start
+        assert torch.allclose(normed.context_frontend(padded)[:, :steps], normed.context_frontend(wave)[:, :steps],
+                              atol=1e-4)
+        normed.save_pretrained(tmp_path)
+        loaded = KFusionLandmarkModel.from_pretrained(tmp_path)
+        assert loaded.config.mel_band_mean is True
+        assert torch.equal(loaded(wave, identity(1), 20).landmarks, normed(wave, identity(1), 20).landmarks)
+
+
+def test_mel_max_frequency_hears_only_the_band_below_it():
+    """mel_max_frequency=4000: a 6 kHz tone is not heard (telephone speech then sounds like any other);
+    the full-band front end hears it. Bad edges are refused."""
+    full, phone = build(), build(mel_max_frequency=4000.0)
+    t = torch.arange(SR, dtype=torch.float32) / SR
+    quiet = audio(1.0, batch=1)
+    tone = quiet + 0.3 * torch.sin(2 * math.pi * 6000 * t)[None]
+    with torch.no_grad():
+        for m, hears in ((full, True), (phone, False)):
+            change = (m.context_frontend(tone) - m.context_frontend(quiet)).abs().amax(dim=-1).mean()
+            assert (change > 0.5) == hears, float(change)
+    for bad in (0.0, -100.0, SR):
+        with pytest.raises(ValueError, match="mel_max_frequency"):
+            build(mel_max_frequency=bad)
+
+
 def test_face_identity_frame_moves_any_face_alike():
     """identity_frame="face": the same face shifted in the crop gets the same displacements; scaled by k
     about its centre, displacements k times as large. The old "crop" frame does neither."""
