@@ -167,6 +167,9 @@ class _LogMelFrontend(nn.Module):
         self.output_dim = n_mels * (3 if self.deltas else 1)
         self.first_time = 0.0  # with center=True, frame t is centred on sample t * hop_length
         self.time_step = self.hop_length / sample_rate
+        # Training-time vocal-tract length perturbation (set by train_landmarks.py --aug_freq_warp, not saved):
+        # in train mode each clip's spectrum is read at frequencies scaled by a random factor in 1 +- this.
+        self.freq_warp = 0.0
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         # Zero ("constant") padding at the ends: reflection fails on clips shorter than half a window.
@@ -179,7 +182,10 @@ class _LogMelFrontend(nn.Module):
             pad_mode="constant",
             return_complex=True,
         )
-        mel = (spec.abs() ** 2).transpose(1, 2) @ self.mel_filters  # (B, T, n_mels)
+        power = spec.abs() ** 2
+        if self.training and self.freq_warp > 0:
+            power = _warp_frequencies(power, 1.0 + self.freq_warp * (2 * torch.rand(power.shape[0]) - 1))
+        mel = power.transpose(1, 2) @ self.mel_filters  # (B, T, n_mels)
         log_mel = torch.log10(mel.clamp_min(1e-10))
         # Whisper's scaling: 80 dB dynamic range below each clip's peak, roughly in [-1, 1].
         log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
@@ -190,6 +196,18 @@ class _LogMelFrontend(nn.Module):
             return log_mel
         delta = _deltas(log_mel)
         return torch.cat([log_mel, delta, _deltas(delta)], dim=-1)
+
+
+def _warp_frequencies(power: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Power spectra (B, bins, T) as another vocal tract would give them: bin k of item b takes the input's
+    value at k / factors[b] (formants and pitch scaled by the factor, timing kept), linearly interpolated."""
+    bins = power.shape[1]
+    source = (torch.arange(bins, dtype=power.dtype, device=power.device)[None] / factors.to(power)[:, None])
+    source = source.clamp(0, bins - 1)
+    left = source.floor().long().clamp(max=bins - 2)
+    weight = (source - left)[..., None]
+    gather = lambda idx: torch.gather(power, 1, idx[..., None].expand(-1, -1, power.shape[2]))  # noqa: E731
+    return gather(left) * (1 - weight) + gather(left + 1) * weight
 
 
 def _active_band_mean(mel: torch.Tensor, log_mel: torch.Tensor, below_peak_db: float = 30.0) -> torch.Tensor:

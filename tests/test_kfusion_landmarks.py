@@ -359,6 +359,27 @@ def test_mel_max_frequency_hears_only_the_band_below_it():
             build(mel_max_frequency=bad)
 
 
+def test_freq_warp_moves_a_tone_in_training_only():
+    """The training-time vocal-tract length perturbation (train_landmarks.py --aug_freq_warp): in train mode
+    a 1 kHz tone is heard in a band scaled by up to the factor, at the same time steps; in eval mode never."""
+    m = build(n_mels=64, dropout=0.0)
+    t = torch.arange(SR, dtype=torch.float32) / SR
+    tone = (0.3 * torch.sin(2 * math.pi * 1000 * t))[None].expand(8, -1).clone()
+    frontend = m.context_frontend
+    with torch.no_grad():
+        plain = frontend(tone).argmax(-1)
+        frontend.freq_warp = 0.3
+        assert torch.equal(frontend(tone).argmax(-1), plain)  # eval mode: off
+        m.train()
+        torch.manual_seed(0)
+        warped = frontend(tone).argmax(-1)
+        m.eval()
+    assert warped.shape == plain.shape
+    assert (warped[:, 5:-5] != plain[:, 5:-5]).any()  # some of the 8 clips heard another frequency
+    # ... each at one frequency throughout (a scaled spectrum, not a time shift)
+    assert (warped[:, 5:-5] == warped[:, 5:6]).all()
+
+
 def test_face_identity_frame_moves_any_face_alike():
     """identity_frame="face": the same face shifted in the crop gets the same displacements; scaled by k
     about its centre, displacements k times as large. The old "crop" frame does neither."""

@@ -134,3 +134,9 @@ def test_data_dir_repeat_weights_the_identity_with_fresh_windows(tmp_path):
     assert starts[0] != starts[1] and starts[1] != starts[2]
     with pytest.raises(SystemExit):
         T.parse_args(["--data_dir", str(dev), "--data_dir_repeat", "0"])
+
+
+@pytest.mark.parametrize("value", ["-0.1", "0.5", "nan"])
+def test_bad_freq_warp_is_refused(value, tmp_path):
+    with pytest.raises(SystemExit):
+        T.parse_args(["--data_dir", str(tmp_path), "--aug_freq_warp", value])

@@ -58,7 +58,7 @@ def components(tmp_path_factory, video_data):
     run_script("train_landmarks.py", "--data_dir", video_data, "--output_dir", out / "landmarks", "--preset", "tiny",
                "--clip_frames", "8", "--train_batch_size", "2", "--max_train_steps", "4", "--checkpointing_steps", "2",
                "--checkpoints_total_limit", "1", "--validation_steps", "2", "--validation_video_size", "32",
-               "--use_ema", "--point_distance", "euclidean")
+               "--use_ema", "--point_distance", "euclidean", "--aug_freq_warp", "0.1")
     # 5 speakers: 1 test, 2 held out for validation (--validation_speakers auto), 2 for the speaker adversary.
     emotion_data = make_synthetic_emotion_audio(out / "emotion_data", num_speakers=5, utterances_per_emotion=1,
                                                 seconds=0.5, test_speakers=1)

@@ -18,7 +18,7 @@ Issue 12 options (all off by default, i.e. the first models' training): --extra_
 datasets, e.g. GRID next to the dev identity), --reference same_clip, --audio_context_frames (real audio
 around each window), --pose_align (targets moved into the identity frame's head pose), --centered_loss,
 --silent_weight, and augmentation: --aug_gain_db, --aug_clip_prob, --aug_noise_prob, --aug_speed,
---aug_face_scale/--aug_face_aspect/--aug_face_shift, --aug_open_identity; --model_kwargs sets model config
+--aug_face_scale/--aug_face_aspect/--aug_face_shift, --aug_open_identity, --aug_freq_warp; --model_kwargs sets model config
 (e.g. identity_frame="face", mel_deltas, loudness_reference="active"). The recipe and its measured figures:
 docs/results/lip-motion/README.md.
 
@@ -116,6 +116,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "a tape played faster or slower, landmarks interpolated in time alike), with probability "
                            "--aug_speed_prob")
     data.add_argument("--aug_speed_prob", type=float, default=0.5, help="probability of --aug_speed per batch")
+    data.add_argument("--aug_freq_warp", type=float, default=0.0,
+                      help="vocal-tract length perturbation in the log-mel front end: each clip's spectrum read at "
+                           "frequencies scaled by a random factor in 1 +- this (another voice, same timing); 0 = off")
     data.add_argument("--aug_face_scale", type=float, default=0.0,
                       help="random scale of the face, uniform in 1 +- this, applied to the identity AND target "
                            "landmarks alike (around the crop centre), so the model reads shapes, not positions")
@@ -186,6 +189,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 0")
     if not 0 <= args.aug_speed < 0.5:
         parser.error("--aug_speed must be in [0, 0.5)")
+    if not 0 <= args.aug_freq_warp < 0.5:
+        parser.error("--aug_freq_warp must be in [0, 0.5)")
     if args.aug_open_amount < 0:
         parser.error("--aug_open_amount must be >= 0")
     for name in ("aug_clip_prob", "aug_noise_prob", "aug_speed_prob", "aug_open_identity"):
@@ -591,6 +596,10 @@ def main(argv=None) -> None:
     model, optimizer, lr_scheduler, metrics = run.model, run.optimizer, run.lr_scheduler, run.metrics
 
     unwrapped = accelerator.unwrap_model(model)
+    if args.aug_freq_warp > 0:
+        if unwrapped.config.context_encoder != "logmel":
+            raise ValueError("--aug_freq_warp needs the logmel context encoder")
+        unwrapped.context_frontend.freq_warp = args.aug_freq_warp  # in train mode only; not saved
     logger.info(f"{len(train_dataset)} training windows of {args.clip_frames} frames from {data_dir}; "
                 f"{run.shape_line()}; model "
                 f"{sum(p.numel() for p in unwrapped.parameters() if p.requires_grad) / 1e6:.2f}M trainable parameters")
