@@ -202,20 +202,24 @@ def _warp_frequencies(power: torch.Tensor, factors: torch.Tensor) -> torch.Tenso
     """Power spectra (B, bins, T) as another vocal tract would give them: bin k of item b takes the input's
     value at k / factors[b] (formants and pitch scaled by the factor, timing kept), linearly interpolated."""
     bins = power.shape[1]
-    source = (torch.arange(bins, dtype=power.dtype, device=power.device)[None] / factors.to(power)[:, None])
-    source = source.clamp(0, bins - 1)
-    left = source.floor().long().clamp(max=bins - 2)
-    weight = (source - left)[..., None]
-    gather = lambda idx: torch.gather(power, 1, idx[..., None].expand(-1, -1, power.shape[2]))  # noqa: E731
-    return gather(left) * (1 - weight) + gather(left + 1) * weight
+    source = torch.arange(bins, dtype=power.dtype, device=power.device)[None] / factors.to(power)[:, None]
+    left = source.clamp(0, bins - 1).floor().long().clamp(max=bins - 2)  # (B, bins)
+    weight = (source.clamp(0, bins - 1) - left)[..., None]
+    pairs = torch.gather(power, 1, torch.cat([left, left + 1], dim=1)[..., None].expand(-1, -1, power.shape[2]))
+    return pairs[:, :bins] * (1 - weight) + pairs[:, bins:] * weight
 
 
-def _active_band_mean(mel: torch.Tensor, log_mel: torch.Tensor, below_peak_db: float = 30.0) -> torch.Tensor:
-    """(B, 1, n_mels): each band's mean log-mel over the active steps (total energy within `below_peak_db`
-    of the loudest step): the voice's and the microphone's average spectrum, which says who and where, not
-    what is said. Silence is left out so the mean does not depend on how much of it surrounds the speech."""
-    energy = mel.sum(-1, keepdim=True)  # (B, T, 1)
-    active = (energy >= energy.amax(dim=1, keepdim=True) * 10.0 ** (-below_peak_db / 10.0)).to(log_mel.dtype)
+def _active(energy: torch.Tensor, below_peak_db: float = 30.0) -> torch.Tensor:
+    """(B, N) energies -> bool (B, N): the steps within `below_peak_db` of each item's loudest (the speech, not
+    the silence around it)."""
+    return energy >= energy.amax(dim=1, keepdim=True) * 10.0 ** (-below_peak_db / 10.0)
+
+
+def _active_band_mean(mel: torch.Tensor, log_mel: torch.Tensor) -> torch.Tensor:
+    """(B, 1, n_mels): each band's mean log-mel over the active steps: the voice's and the microphone's average
+    spectrum, which says who and where, not what is said. Silence is left out so the mean does not depend on
+    how much of it surrounds the speech."""
+    active = _active(mel.sum(-1)).to(log_mel.dtype)[..., None]  # (B, T, 1)
     return (log_mel * active).sum(1, keepdim=True) / active.sum(1, keepdim=True).clamp_min(1.0)
 
 
@@ -275,7 +279,7 @@ def _active_rms(waveform: torch.Tensor, block: int, below_peak_db: float = 30.0)
     counts = torch.full((blocks,), float(block), device=waveform.device)
     counts[-1] = samples - (blocks - 1) * block
     energy = energy / counts  # mean square per block
-    active = energy >= energy.amax(dim=1, keepdim=True) * 10.0 ** (-below_peak_db / 10.0)
+    active = _active(energy, below_peak_db)
     mean_square = (energy * active).sum(1, keepdim=True) / active.sum(1, keepdim=True).clamp_min(1)
     return mean_square.sqrt()
 

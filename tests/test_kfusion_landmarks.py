@@ -323,8 +323,8 @@ def test_context_dilations_widen_what_a_frame_hears_and_round_trip(tmp_path):
 
 
 def test_mel_band_mean_removes_a_fixed_filter_and_round_trips(tmp_path):
-    """mel_band_mean: a fixed filter on the recording (a microphone's or a voice's spectral balance: here
-    pre-emphasis, +-10 dB across the band) is a constant per log-mel band, and the band mean removes it; the
+    """mel_band_mean: a fixed filter on the recording (a microphone's or a voice's spectral balance: here a
+    first-order tilt, -6 dB at 0 Hz to +3.5 dB at 8 kHz) is a constant per log-mel band, and the band mean removes it; the
     plain front end passes it on. Silence around the speech does not change the mean."""
     plain, normed = build(), build(mel_band_mean=True)
     wave = audio(1.0, batch=1)

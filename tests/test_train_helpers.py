@@ -323,3 +323,13 @@ def test_fine_tuning_keeps_the_pretrained_pipelines_region(tmp_path):
     assert pretrained_region_points(None) is None
     args = parse_args(["--data_dir", str(tmp_path), "--region_points", "3-13,31-35,48-67"])
     assert args.region_points[:3] == [3, 4, 5]  # given points win
+
+
+@pytest.mark.parametrize("flags", [["--lip_weight", "-1"], ["--lip_weight", "nan"],
+                                   ["--prediction_type", "epsilon", "--lip_weight", "2"],
+                                   ["--prediction_type", "epsilon", "--structure_loss", "ssim"]])
+def test_diffusion_trainer_refuses_lip_weights_it_would_ignore_or_cannot_use(flags, tmp_path):
+    from talking_head.trainers.diffusion import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--data_dir", str(tmp_path), *flags])

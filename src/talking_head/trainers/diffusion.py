@@ -151,6 +151,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--first_step_fraction must be in [0, 1]")
     if not (math.isfinite(args.lip_weight) and args.lip_weight >= 0):
         parser.error("--lip_weight must be a number >= 0")
+    if args.prediction_type != "sample" and (args.lip_weight > 0 or args.structure_loss != "none"):
+        parser.error("--lip_weight and --structure_loss weigh the region L1 of --prediction_type sample; "
+                     f"with {args.prediction_type!r} they would be ignored")
     if not 0 <= args.p_uncond < 1:
         parser.error("--p_uncond must be in [0, 1)")
     if not 1 <= args.t_start <= 1000:
@@ -388,8 +391,9 @@ def main(argv=None) -> None:
         path = save_pipeline_atomic(pipe, output_dir / "pipeline")
         info = {"global_step": global_step, "prediction_type": args.prediction_type,
                 "timestep_sampling": args.timestep_sampling, "ema": bool(args.use_ema),
-                "structure_loss": args.structure_loss, "lip_weight": args.lip_weight, "reference": args.reference, "mask_mode": args.mask_mode,
-                "first_step_fraction": args.first_step_fraction, "reference_residual": args.reference_residual,
+                "structure_loss": args.structure_loss, "lip_weight": args.lip_weight, "reference": args.reference,
+                "mask_mode": args.mask_mode, "first_step_fraction": args.first_step_fraction,
+                "reference_residual": args.reference_residual,
                 "resolution": args.resolution, "clip_frames": args.clip_frames, "data_dir": str(data_dir),
                 "unet_emotion_conditioning": pipe.config.unet_emotion_conditioning,
                 "components": {"unet": f"trained here ({global_step} updates)", **notes}}

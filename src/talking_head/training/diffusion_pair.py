@@ -4,9 +4,8 @@ mask-noise layer and UNet the diffusion trainer and `benchmarks/bench_train.py` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 
