@@ -138,6 +138,31 @@ class _WindowEncoder(nn.Module):
         return self.out(self.convs(windows.unsqueeze(1)).flatten(1))
 
 
+class _BandConvStem(nn.Module):
+    """Log-mel features (B, T, k * n_mels) -> (B, T, channels * ceil(n_mels / 4)): two 3x3 convolutions over
+    (time, mel band), each halving the bands, before the Context domain's projection.
+
+    The same filters read every band, so a voice whose formants sit a few bands higher or lower moves a
+    pattern rather than meeting other weights (the lever that took the emotion classifier from 50 % to 59 %
+    on unseen speakers). Stride 1 and centred kernels over time keep every step where it was.
+    """
+
+    def __init__(self, in_channels: int, channels: int, n_mels: int):
+        super().__init__()
+        self.in_channels, self.n_mels = in_channels, n_mels
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, stride=(1, 2), padding=1), nn.GELU(),
+            nn.Conv2d(channels, channels, 3, stride=(1, 2), padding=1), nn.GELU(),
+        )
+        self.output_dim = channels * math.ceil(math.ceil(n_mels / 2) / 2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch, steps, _ = features.shape
+        # [log-mel, delta, delta2] along the last axis -> (B, k, T, n_mels): the three as image channels.
+        x = features.reshape(batch, steps, self.in_channels, self.n_mels).permute(0, 2, 1, 3)
+        return self.convs(x).permute(0, 2, 1, 3).flatten(2)
+
+
 class _LogMelFrontend(nn.Module):
     """Waveform (B, S) -> log-mel (B, T, n_mels), 25 ms windows every 10 ms.
 
@@ -365,6 +390,9 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             each (e.g. `[1, 2, 4, 8]`), instead of `num_temporal_blocks` undilated ones. The log-mel steps are
             10 ms, so two undilated kernel-5 blocks hear only +-40 ms around a frame; the lips move with
             +-100-300 ms of speech (coarticulation): `[1, 2, 4, 8]` hears +-300 ms for twice the blocks.
+        context_band_conv (`int`, defaults to 0): with C > 0, the log-mel passes two 3x3 convolutions of C
+            channels over (time, mel band) before the Context domain's projection: filters shared across the
+            bands, so another voice's formants move a pattern instead of meeting other weights (logmel only).
         dropout (`float`, defaults to 0.1): dropout in the temporal blocks.
         kan_hidden_dims (`tuple`, defaults to `(64,)`): hidden widths of the fusion KAN.
         kan_grid (`int`, defaults to 5): spline grid intervals of the KAN.
@@ -439,6 +467,7 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         num_temporal_blocks: int = 2,
         temporal_kernel_size: int = 5,
         context_dilations: list | None = None,
+        context_band_conv: int = 0,
         dropout: float = 0.1,
         kan_hidden_dims: tuple = (64,),
         kan_grid: int = 5,
@@ -476,6 +505,9 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             raise ValueError("mel_deltas, mel_band_mean and mel_max_frequency apply to the logmel context encoder only")
         if mel_max_frequency is not None and not (0 < mel_max_frequency <= sample_rate / 2):
             raise ValueError(f"mel_max_frequency must be in (0, {sample_rate / 2:g}] Hz, got {mel_max_frequency}")
+        if context_band_conv < 0 or (context_band_conv and context_encoder != "logmel"):
+            raise ValueError(f"context_band_conv must be >= 0 and needs the logmel context encoder, got "
+                             f"{context_band_conv} with {context_encoder!r}")
         if temporal_kernel_size % 2 != 1:
             raise ValueError(f"temporal_kernel_size must be odd (keeps frames aligned), got {temporal_kernel_size}")
         if context_dilations is not None and (
@@ -504,7 +536,11 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             if sample_rate != SAMPLE_RATE:
                 raise ValueError(f"wav2vec2 models read {SAMPLE_RATE} Hz audio; sample_rate is {sample_rate}")
             self.context_frontend = _Wav2Vec2Frontend(_wav2vec2_config_from_dict(wav2vec2_config), freeze_wav2vec2)
-        self.context_in = nn.Linear(self.context_frontend.output_dim, context_channels)
+        context_dim = self.context_frontend.output_dim
+        if context_band_conv:
+            self.context_stem = _BandConvStem(3 if mel_deltas else 1, int(context_band_conv), n_mels)
+            context_dim = self.context_stem.output_dim
+        self.context_in = nn.Linear(context_dim, context_channels)
         dilations = [int(d) for d in context_dilations] if context_dilations else [1] * num_temporal_blocks
         self.context_temporal = nn.Sequential(
             *[_TemporalConvBlock(context_channels, temporal_kernel_size, dropout, d) for d in dilations]
@@ -790,7 +826,10 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
 
     def _context_domain(self, waveform: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
         frontend = self.context_frontend
-        features = self.context_temporal(self.context_in(frontend(waveform)))
+        features = frontend(waveform)
+        if self.config.context_band_conv:
+            features = self.context_stem(features)
+        features = self.context_temporal(self.context_in(features))
         return _sample_at_frames(features, frontend.first_time, frontend.time_step, num_frames, fps)
 
     def _check_inputs(self, waveform, identity_landmarks, num_frames, fps, emotion_labels):

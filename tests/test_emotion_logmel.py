@@ -265,3 +265,44 @@ def test_patch_transformer_preset_reads_time_first_windows(tmp_path):
     torch.testing.assert_close(predict_emotion(loaded, load_emotion_feature_extractor(tmp_path, loaded), waves), probs)
     with pytest.raises(ValueError, match="patch_size"):
         emotion_classifier_config("ast-small", window_frames=8)
+
+
+def test_cnn_preset_reads_the_window_as_a_one_channel_image(tmp_path):
+    """"cnn-small": a stock ResNetForImageClassification on the same log-mel windows as (B, 1, bands, frames)."""
+    from transformers import ResNetForImageClassification
+
+    torch.manual_seed(0)
+    model = build_emotion_classifier("cnn-small", hidden_sizes=[8, 8, 16, 16], embedding_size=8).eval()
+    extractor = build_emotion_feature_extractor(model)
+    assert isinstance(model, ResNetForImageClassification) and model.config.id2label[6] == "sad"
+    assert extractor.as_image and not extractor.time_first and extractor.model_input_names == ["pixel_values"]
+    waves = [voice_like(0.7, seed=4), voice_like(4.0, seed=5)]
+    pixels = extractor(waves, sampling_rate=SR, return_tensors="pt").pixel_values
+    assert pixels.shape == (2, 1, extractor.feature_size, extractor.window_frames)
+    np.testing.assert_allclose(pixels[0, 0].numpy(), extractor.fit_window(extractor.log_mel(waves[0])))
+    probs = predict_emotion(model, extractor, waves)
+    assert probs.shape == (2, 8) and torch.allclose(probs.sum(-1), torch.ones(2))
+    model.save_pretrained(tmp_path)
+    extractor.save_pretrained(tmp_path)
+    loaded = load_emotion_classifier(tmp_path)
+    assert isinstance(loaded, ResNetForImageClassification)
+    torch.testing.assert_close(predict_emotion(loaded, load_emotion_feature_extractor(tmp_path, loaded), waves), probs)
+    with pytest.raises(ValueError, match="32 bands"):
+        emotion_classifier_config("cnn-small", num_mel_bins=16)
+    with pytest.raises(ValueError, match="different layouts"):
+        EmotionFeatureExtractor(time_first=True, as_image=True)
+
+
+def test_trainer_model_kwargs_configure_the_preset(tmp_path):
+    """--model_kwargs overrides the preset's config (here two blocks per CNN stage); not JSON, not an object, or
+    given with --pretrained_model: a parser error."""
+    from talking_head.trainers.emotion import build_model, parse_args
+
+    args = parse_args(["--data_dir", str(tmp_path), "--model_kwargs", '{"depths": [2, 2, 2, 2]}'])
+    model, extractor = build_model(args)
+    assert args.preset == "cnn-small" and list(model.config.depths) == [2, 2, 2, 2]
+    assert extractor.as_image
+    for flags in (["--model_kwargs", "{depths"], ["--model_kwargs", "[2]"],
+                  ["--model_kwargs", '{"depths": [2, 2, 2, 2]}', "--pretrained_model", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            parse_args(["--data_dir", str(tmp_path), *flags])

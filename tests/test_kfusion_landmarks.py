@@ -322,6 +322,33 @@ def test_context_dilations_widen_what_a_frame_hears_and_round_trip(tmp_path):
             build(context_dilations=bad)
 
 
+def test_context_band_conv_shares_its_filters_across_bands_and_round_trips(tmp_path):
+    """context_band_conv: two 3x3 convolutions over (time, band) before the Context projection, each halving the
+    bands. The same filters read every band: a pattern 4 log-mel bands higher (all three feature planes) comes
+    out one output band higher, unchanged."""
+    model = build(context_band_conv=4, mel_deltas=True)
+    stem = model.context_stem
+    assert stem.output_dim == 4 * 4 and model.context_in.in_features == 16  # 16 bands -> 4
+    pattern = torch.zeros(1, 20, 3, 16)
+    pattern[:, 5:15, :, 4:8] = torch.randn(1, 10, 3, 4, generator=torch.Generator().manual_seed(0))
+    shifted = torch.roll(pattern, 4, dims=-1)
+    with torch.no_grad():
+        a = stem(pattern.flatten(2)).reshape(1, 20, 4, 4)  # (B, T, channels, bands)
+        b = stem(shifted.flatten(2)).reshape(1, 20, 4, 4)
+        torch.testing.assert_close(b[..., 2], a[..., 1])
+        assert not torch.allclose(a[..., 1], a[..., 2])
+        wave = audio(1.0)
+        out = model(wave, identity(), 20).landmarks
+        assert out.shape == (2, 20, 68, 2) and torch.isfinite(out).all()
+        model.save_pretrained(tmp_path)
+        loaded = KFusionLandmarkModel.from_pretrained(tmp_path)
+        assert loaded.config.context_band_conv == 4
+        assert torch.equal(loaded(wave, identity(), 20).landmarks, out)
+    for bad in (dict(context_band_conv=-1), dict(context_band_conv=4, context_encoder="wav2vec2")):
+        with pytest.raises(ValueError, match="context_band_conv"):
+            build(**bad)
+
+
 def test_mel_band_mean_removes_a_fixed_filter_and_round_trips(tmp_path):
     """mel_band_mean: a fixed filter on the recording (a microphone's or a voice's spectral balance: here a
     first-order tilt, -6 dB at 0 Hz to +3.5 dB at 8 kHz) is a constant per log-mel band, and the band mean removes it; the

@@ -285,7 +285,7 @@ class Evaluation:
             self.base_scheduler = pipe.scheduler
             comps = {k: type(v).__name__ for k, v in pipe.components.items() if v is not None}
             self.pipeline_info = {
-                "path": str(Path(cfg.pipeline).resolve()) if cfg.pipeline else None,
+                "path": str(cfg.pipeline) if cfg.pipeline else None,
                 "sha256": sha256_dir(cfg.pipeline) if cfg.pipeline else None,
                 "sample_size": pipe.sample_size,
                 "components": comps,
@@ -528,7 +528,7 @@ class Evaluation:
 
             model = load_emotion_classifier(cfg.emotion_classifier)
             extractor = load_emotion_feature_extractor(cfg.emotion_classifier, model)
-            source = str(Path(cfg.emotion_classifier).resolve())
+            source = str(cfg.emotion_classifier)  # as given: a report names no machine path
         elif self.pipe is not None and self.pipe.emotion_classifier is not None:
             model, extractor, source = self.pipe.emotion_classifier, self.pipe.feature_extractor, "pipeline"
         if model is None:
@@ -637,7 +637,7 @@ class Evaluation:
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()
                        if k not in ("command", "quiet")},
             "pipeline": self.pipeline_info,
-            "data": {"path": str(Path(cfg.data).resolve()), "split": cfg.split,
+            "data": {"path": str(cfg.data), "split": cfg.split,
                      "manifest_sha256": sha256_file(Path(cfg.data) / "manifest.jsonl"),
                      "clips": [{"clip_id": c.clip_id, "frames": c.num_frames, "of_frames": int(c.row["num_frames"]),
                                 "fps": c.fps, "seconds": c.seconds, "reference_frame": c.reference_index,

@@ -3,7 +3,8 @@
     accelerate launch train/train_emotion.py --data_dir /path/to/prepared-ravdess --output_dir out/emotion
 
 The model is a stock transformers audio classifier with the project's 8 emotion labels, built from a preset
-(`talking_head.models.emotion_classifier`: "small" / "tiny" = log-mel `WhisperForAudioClassification`,
+(`talking_head.models.emotion_classifier`: "cnn-small" = log-mel `ResNetForImageClassification`, the default;
+"small" / "tiny" = log-mel `WhisperForAudioClassification`; "ast-small" = log-mel `ASTForAudioClassification`;
 "conformer-small" / "conformer-tiny" / "paper" = waveform `Wav2Vec2ConformerForSequenceClassification`) or
 loaded from a local checkpoint with --pretrained_model (a backbone gets a fresh 8-way head).
 
@@ -11,7 +12,7 @@ What a classifier that must work on voices it never heard needs from a few hundr
 - speaker split inside the training speakers: --validation_speakers (default: the last two) are held out
   for early stopping (--early_stopping_patience validations without a better balanced accuracy); the
   saved classifier is the best one on them, never chosen on the test speakers;
-- per-utterance normalisation (in the log-mel feature extractor: each band's mean and variance);
+- per-utterance normalisation (in the log-mel feature extractor: one mean and one spread per utterance);
 - waveform augmentation: gain (--aug_gain_db), speed (--aug_speed: resampling, pitch and tempo together),
   background noise at a random SNR (--aug_noise_prob), band-limiting to telephone bandwidth
   (--aug_band_limit_prob: 8 kHz speech is then not foreign);
@@ -53,7 +54,7 @@ from talking_head.models.emotion_classifier import (EMOTION_CLASSIFIER_PRESETS, 
                                                     predict_emotion)
 from talking_head.training import (
     JsonlLog, TrainingRun, _write_json_atomic, add_common_args, check_common_args, finish, log_scalars,
-    make_accelerator, resolve_data_dir, save_component_atomic,
+    make_accelerator, parse_model_kwargs, resolve_data_dir, save_component_atomic,
 )
 
 logger = logging.getLogger("train_emotion")
@@ -62,10 +63,13 @@ logger = logging.getLogger("train_emotion")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", choices=sorted(EMOTION_CLASSIFIER_PRESETS), default="small",
-                       help="small (log-mel Transformer, 0.64M parameters: the one that generalises across "
-                            "speakers), tiny (tests); conformer-small / conformer-tiny (waveform Conformer), paper "
+    model.add_argument("--preset", choices=sorted(EMOTION_CLASSIFIER_PRESETS), default="cnn-small",
+                       help="cnn-small (log-mel CNN, 1.2M parameters: the one that generalises best across "
+                            "speakers), small (log-mel Transformer, 0.64M), tiny (tests), ast-small (patch "
+                            "Transformer); conformer-small / conformer-tiny (waveform Conformer), paper "
                             "(0.6B, the size of the paper's ConformerXL: fine-tune a pretrained one)")
+    model.add_argument("--model_kwargs", type=str, default=None,
+                       help='JSON object of config overrides on top of --preset, e.g. \'{"depths": [2, 2, 2, 2]}\'')
     model.add_argument("--pretrained_model", type=str, default=None,
                        help="a local transformers audio model/classifier folder to fine-tune instead of --preset")
     model.add_argument("--freeze_feature_encoder", action="store_true",
@@ -114,6 +118,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--aug_eq_prob must be in [0, 1] and --aug_freq_warp in [0, 0.5)")
     if args.speaker_adversarial < 0:
         parser.error("--speaker_adversarial must be >= 0")
+    args.model_kwargs = parse_model_kwargs(parser, args.model_kwargs)
+    if args.model_kwargs and args.pretrained_model:
+        parser.error("--model_kwargs configures a fresh --preset model; a --pretrained_model keeps its own config")
     if not 0 <= args.label_smoothing < 1 or args.mixup_alpha < 0 or args.spec_augment < 0:
         parser.error("--label_smoothing must be in [0, 1), --mixup_alpha and --spec_augment >= 0")
     return args
@@ -242,7 +249,8 @@ def collate_emotion(items: list[dict], extractor, args=None, seed: int = 0) -> d
 def model_inputs(batch: dict) -> dict:
     if "attention_mask" in batch:  # a waveform model
         return {"input_values": batch["input_values"], "attention_mask": batch["attention_mask"]}
-    name = "input_features" if "input_features" in batch else "input_values"  # log-mel: Whisper or AST
+    # log-mel: Whisper, the patch Transformer or the CNN
+    name = next(n for n in ("input_features", "input_values", "pixel_values") if n in batch)
     return {name: batch[name]}
 
 
@@ -302,7 +310,7 @@ def build_model(args):
         model = load_emotion_classifier(args.pretrained_model)
         extractor = load_emotion_feature_extractor(args.pretrained_model, model)
     else:
-        model = build_emotion_classifier(args.preset)
+        model = build_emotion_classifier(args.preset, **(args.model_kwargs or {}))
         extractor = build_emotion_feature_extractor(model)
     if args.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
         model.freeze_feature_encoder()

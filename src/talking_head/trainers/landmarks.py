@@ -42,8 +42,8 @@ from talking_head.head_pose import align_pose
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 from talking_head.training import (
     JsonlLog, TrainingRun, add_common_args, check_common_args, draw_landmarks, finish, held_out,
-    landmark_distance, log_scalars, log_video, make_accelerator, resolve_data_dir, save_component_atomic,
-    to_uint8_video, write_validation_mp4,
+    landmark_distance, log_scalars, log_video, make_accelerator, parse_model_kwargs, resolve_data_dir,
+    save_component_atomic, to_uint8_video, write_validation_mp4,
 )
 
 logger = logging.getLogger("train_landmarks")
@@ -210,15 +210,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 parser.error(f"--emotion_aliases: unknown emotion in {part!r}; expected {', '.join(EMOTIONS)}")
             aliases[asked] = used
         args.emotion_aliases = aliases
-    if args.model_kwargs is not None:
-        import json
-
-        try:
-            args.model_kwargs = json.loads(args.model_kwargs)
-        except json.JSONDecodeError as err:
-            parser.error(f"--model_kwargs is not JSON: {err}")
-        if not isinstance(args.model_kwargs, dict):
-            parser.error("--model_kwargs must be a JSON object")
+    args.model_kwargs = parse_model_kwargs(parser, args.model_kwargs)
     return args
 
 

@@ -108,6 +108,21 @@ def check_common_args(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- accelerator
+def parse_model_kwargs(parser: argparse.ArgumentParser, value: str | None) -> dict | None:
+    """`--model_kwargs` (a JSON object of model config overrides) as a dict; a parser error when it is not one."""
+    if value is None:
+        return None
+    import json
+
+    try:
+        kwargs = json.loads(value)
+    except json.JSONDecodeError as err:
+        parser.error(f"--model_kwargs is not JSON: {err}")
+    if not isinstance(kwargs, dict):
+        parser.error("--model_kwargs must be a JSON object")
+    return kwargs
+
+
 def resolve_mixed_precision(requested: str | None, cpu: bool) -> str:
     """The flag, else `accelerate launch`'s setting, else bf16 on a bf16-capable GPU, else no."""
     if requested is not None:
