@@ -53,7 +53,7 @@ mkdir -p "$WORK"
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
 #     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion classifier on RAVDESS actors 01-10
-#     with early stopping on 11-12 (docs/results/emotion-classifier/: c0, a log-mel CNN, ~13 min), one thread each, at once.
+#     with early stopping on 11-12 (docs/results/emotion-classifier/: d2, a log-mel CNN, ~13 min), one thread each, at once.
 [ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
         --output_dir "$WORK/landmarks_emotion" --seed 1 --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
@@ -66,7 +66,7 @@ mkdir -p "$WORK"
 [ -f "$WORK/emotion/emotion_classifier/config.json" ] || \
     $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion" --preset cnn-small \
         --max_train_steps 3000 --learning_rate 2e-3 --validation_steps 250 --checkpointing_steps 500 \
-        --early_stopping_patience 5 --report_to none --seed 0 &
+        --early_stopping_patience 5 --report_to none --seed 3 &
 wait
 
 # 2c. The lower-face renderer (DESIGN 7.2): tiny UNet on a 64² mouth box around jaw 4-12, the nose base and the mouth
