@@ -295,7 +295,7 @@ def test_cnn_preset_reads_the_window_as_a_one_channel_image(tmp_path):
 
 def test_trainer_model_kwargs_configure_the_preset(tmp_path):
     """--model_kwargs overrides the preset's config (here two blocks per CNN stage); not JSON, not an object, or
-    given with --pretrained_model: a parser error."""
+    given with --pretrained_model: a parser error (as a distillation weight outside [0, 1] or a temperature <= 0)."""
     from talking_head.trainers.emotion import build_model, parse_args
 
     args = parse_args(["--data_dir", str(tmp_path), "--model_kwargs", '{"depths": [2, 2, 2, 2]}'])
@@ -303,6 +303,42 @@ def test_trainer_model_kwargs_configure_the_preset(tmp_path):
     assert args.preset == "cnn-small" and list(model.config.depths) == [2, 2, 2, 2]
     assert extractor.as_image
     for flags in (["--model_kwargs", "{depths"], ["--model_kwargs", "[2]"],
-                  ["--model_kwargs", '{"depths": [2, 2, 2, 2]}', "--pretrained_model", str(tmp_path)]):
+                  ["--model_kwargs", '{"depths": [2, 2, 2, 2]}', "--pretrained_model", str(tmp_path)],
+                  ["--distill_weight", "1.5"], ["--distill_temperature", "0"]):
         with pytest.raises(SystemExit):
             parse_args(["--data_dir", str(tmp_path), *flags])
+
+
+def test_distillation_pulls_the_student_toward_its_teachers_average(tmp_path):
+    """--distill_from: the teachers' mean prediction on the same (augmented, mixed) batch is a soft target. A
+    student identical to its only teacher has nothing to learn from it (the term is 0); other teachers give a
+    positive term whose gradient reaches the student only; a teacher with other features is refused."""
+    from talking_head.trainers.emotion import collate_emotion, distillation_loss, load_teachers, model_inputs, train_loss
+
+    torch.manual_seed(0)
+    small = dict(hidden_sizes=[8, 8, 16, 16], embedding_size=8)
+    student = build_emotion_classifier("cnn-small", **small)
+    extractor = build_emotion_feature_extractor(student)
+    for name, seed in (("same", None), ("other", 1)):
+        if seed is not None:
+            torch.manual_seed(seed)
+        (student if seed is None else build_emotion_classifier("cnn-small", **small)).save_pretrained(tmp_path / name)
+        extractor.save_pretrained(tmp_path / name)
+    items = [{"label": torch.tensor(c), "audio": torch.from_numpy(voice_like(0.4, seed=i)), "clip_id": str(i),
+              "speaker": "a", "index": i} for i, c in enumerate([0, 5, 6])]
+    inputs = model_inputs(collate_emotion(items, extractor))
+    student.eval()
+    same = load_teachers(str(tmp_path / "same"), extractor, "cpu")
+    assert distillation_loss(student(**inputs).logits, inputs, same, 2.0).abs() < 1e-5
+    teachers = load_teachers(f"{tmp_path / 'same'}, {tmp_path / 'other'}", extractor, "cpu")
+    assert len(teachers) == 2 and not any(p.requires_grad for t in teachers for p in t.parameters())
+    args = SimpleNamespace(label_smoothing=0.1, mixup_alpha=0.4, distill_weight=1.0, distill_temperature=2.0)
+    present = torch.zeros(8, dtype=torch.bool)
+    present[[0, 5, 6]] = True
+    loss = train_loss(student, collate_emotion(items, extractor), present, torch.ones(8), args,
+                      torch.Generator().manual_seed(0), teachers=teachers)
+    loss.backward()
+    assert loss > 0 and student.classifier[-1].weight.grad.abs().sum() > 0
+    other = EmotionFeatureExtractor(feature_size=32, as_image=True)
+    with pytest.raises(ValueError, match="feature extractor differs"):
+        load_teachers(str(tmp_path / "same"), other, "cpu")

@@ -22,7 +22,10 @@ What a classifier that must work on voices it never heard needs from a few hundr
 - speaker-adversarial training (--speaker_adversarial): a speaker classifier on the pooled features whose
   gradient is reversed into the encoder, so emotion is not read from who is speaking;
 - class-balanced sampling (--sampling balanced: every class as often per epoch), and soft targets: label
-  smoothing over the classes present (--label_smoothing) and mixup (--mixup_alpha).
+  smoothing over the classes present (--label_smoothing) and mixup (--mixup_alpha);
+- knowledge distillation (--distill_from): several trained classifiers' mean prediction on each augmented batch
+  as a soft target, so one model learns what their ensemble knows (an ensemble's errors are fewer than any
+  member's on unseen speakers).
 
 Validation: the validation speakers' whole utterances scored as at inference (`predict_emotion`): accuracy,
 balanced accuracy (mean recall over the classes present) and per-class recall.
@@ -107,6 +110,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "stock classifier), reached by DANN's ramp over the run; 0 = off")
     loss.add_argument("--class_weighting", choices=("inverse", "sqrt_inverse", "none"), default="none",
                       help="cross-entropy class weights from the class counts (for --sampling uniform)")
+    loss.add_argument("--distill_from", type=str, default=None,
+                      help="comma-separated trained classifier folders (same feature extractor): their averaged "
+                           "predictions on each augmented batch are soft targets, so one model learns what an "
+                           "ensemble of them knows (training only: the saved model is one stock classifier)")
+    loss.add_argument("--distill_weight", type=float, default=0.5,
+                      help="share of the loss from the teachers' soft targets (the rest from the labels)")
+    loss.add_argument("--distill_temperature", type=float, default=2.0,
+                      help="softmax temperature of teachers and student in the distillation term")
     val = parser.add_argument_group("validation")
     val.add_argument("--early_stopping_patience", type=int, default=0,
                      help="stop after this many validations without a better balanced accuracy; 0 = never")
@@ -118,6 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--aug_eq_prob must be in [0, 1] and --aug_freq_warp in [0, 0.5)")
     if args.speaker_adversarial < 0:
         parser.error("--speaker_adversarial must be >= 0")
+    if not 0 <= args.distill_weight <= 1 or not args.distill_temperature > 0:
+        parser.error("--distill_weight must be in [0, 1] and --distill_temperature > 0")
     args.model_kwargs = parse_model_kwargs(parser, args.model_kwargs)
     if args.model_kwargs and args.pretrained_model:
         parser.error("--model_kwargs configures a fresh --preset model; a --pretrained_model keeps its own config")
@@ -396,7 +409,29 @@ class SpeakerAdversary(torch.nn.Module):
         return -(targets * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
-def train_loss(model, batch, present, weights, args, generator, adversary=None) -> torch.Tensor:
+def load_teachers(folders: str, extractor, device) -> list:
+    """The --distill_from classifiers, frozen in eval mode; each must read the student's features."""
+    teachers = []
+    for folder in [f.strip() for f in folders.split(",") if f.strip()]:
+        teacher = load_emotion_classifier(folder)
+        if load_emotion_feature_extractor(folder, teacher).to_dict() != extractor.to_dict():
+            raise ValueError(f"--distill_from {folder}: its feature extractor differs from the student's; a teacher "
+                             "must read the same inputs")
+        teachers.append(teacher.to(device).eval().requires_grad_(False))
+    if not teachers:
+        raise ValueError("--distill_from names no classifier folder")
+    return teachers
+
+
+def distillation_loss(logits: torch.Tensor, inputs: dict, teachers: list, temperature: float) -> torch.Tensor:
+    """T^2 x KL(teachers' mean distribution at temperature T || the student's at T) (Hinton et al., 2015)."""
+    with torch.no_grad():
+        target = torch.stack([F.softmax(t(**inputs).logits.float() / temperature, dim=-1) for t in teachers]).mean(0)
+    log_student = F.log_softmax(logits / temperature, dim=-1)
+    return temperature ** 2 * (target * (target.clamp_min(1e-12).log() - log_student)).sum(-1).mean()
+
+
+def train_loss(model, batch, present, weights, args, generator, adversary=None, teachers=None) -> torch.Tensor:
     inputs = model_inputs(batch)
     targets = soft_targets(batch["labels"], present, args.label_smoothing)
     if adversary is not None:  # mixed with the same partners and weights as the emotions
@@ -404,6 +439,9 @@ def train_loss(model, batch, present, weights, args, generator, adversary=None) 
     inputs, targets = mix(inputs, targets, args.mixup_alpha, generator)
     logits = model(**inputs).logits.float()
     loss = -(targets[:, :NUM_EMOTIONS] * weights * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    if teachers:  # the teachers see the same augmented, mixed inputs
+        kd = distillation_loss(logits, inputs, teachers, args.distill_temperature)
+        loss = (1 - args.distill_weight) * loss + args.distill_weight * kd
     if adversary is not None:
         loss = loss + adversary.loss(targets[:, NUM_EMOTIONS:])
     return loss
@@ -440,6 +478,7 @@ def main(argv=None) -> None:
             accelerator.device)
         params += list(adversary.head.parameters())
         accelerator.register_for_checkpointing(adversary.head)
+    teachers = load_teachers(args.distill_from, extractor, accelerator.device) if args.distill_from else None
     run = TrainingRun(accelerator, args, output_dir, "train_emotion", model, params, train_dataset,
                       functools.partial(collate_emotion, extractor=extractor, args=args, seed=args.seed))
     model, optimizer, lr_scheduler, metrics = run.model, run.optimizer, run.lr_scheduler, run.metrics
@@ -475,7 +514,7 @@ def main(argv=None) -> None:
         with accelerator.accumulate(model):
             if adversary is not None:
                 adversary.ramp(loop.global_step / args.max_train_steps, args.speaker_adversarial)
-            loss = train_loss(model, batch, present, weights, args, generator, adversary)
+            loss = train_loss(model, batch, present, weights, args, generator, adversary, teachers)
             loop.backward_and_step(loss, batch["labels"].shape[0], optimizer, lr_scheduler, params)
         loop.end_micro_step(batch, loss.item(), lr_scheduler)
     global_step = loop.global_step
