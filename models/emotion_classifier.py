@@ -1,10 +1,10 @@
 # Copyright 2026 The talking-head authors. Licensed under the Apache License, Version 2.0.
 """The audio emotion classifier (DESIGN.md section 2.1).
 
-Not a custom class: a stock transformers audio-classification model built from a config whose labels are
-the project's 8 MEAD emotions in the one canonical order (`talking_head.constants.EMOTIONS`). Because it
-is a stock model it saves, loads and sits in a diffusers pipeline as-is (model_index.json records e.g.
-["transformers", "ResNetForImageClassification"]).
+Not a custom class: a stock transformers classifier (an audio one, or an image one that reads the log-mel
+window as a picture) built from a config whose labels are the project's 8 MEAD emotions in the one canonical
+order (`talking_head.constants.EMOTIONS`). Because it is a stock model it saves, loads and sits in a diffusers
+pipeline as-is (model_index.json records e.g. ["transformers", "ResNetForImageClassification"]).
 
 Two families, chosen by measurement (docs/results/emotion-classifier/):
 - **log-mel**: a fixed 3 s window from `EmotionFeatureExtractor` below (64 mel bands of 50-4000 Hz, the
@@ -40,9 +40,9 @@ from transformers import (
     ASTForAudioClassification,
     AutoConfig,
     AutoModelForAudioClassification,
+    AutoModelForImageClassification,
     BatchFeature,
     FeatureExtractionMixin,  # noqa: F401 - diffusers finds a component's load method by this module's base names
-    AutoModelForImageClassification,
     PreTrainedModel,
     ResNetConfig,
     ResNetForImageClassification,

@@ -227,8 +227,10 @@ class TalkingHeadPipeline(DiffusionPipeline):
         scheduler ([`SchedulerMixin`]): DDPM by default; DDIM or DPM-Solver for fewer steps.
         landmark_model ([`KFusionLandmarkModel`]): audio -> 68 landmarks per frame.
         mask_noise ([`GaussianMaskNoise`]): the lower-face region, the landmark heatmaps, the mask noise.
-        emotion_classifier (transformers audio classifier, optional): audio -> 8 MEAD emotions.
-        feature_extractor ([`Wav2Vec2FeatureExtractor`], optional): the classifier's input processing.
+        emotion_classifier (transformers classifier, optional): audio -> 8 MEAD emotions (a log-mel CNN, a
+            log-mel or waveform Transformer; `talking_head.models.emotion_classifier`).
+        feature_extractor ([`EmotionFeatureExtractor`] or [`Wav2Vec2FeatureExtractor`], optional): the
+            classifier's input processing.
 
     Config (saved in model_index.json):
         clip_frames: frames generated per UNet call.
