@@ -160,8 +160,9 @@ def emotion_classifier_config(preset: str = "cnn-small", **overrides):
     config_class = (WhisperConfig if preset in _LOGMEL_PRESETS else ASTConfig if preset in _AST_PRESETS
                     else ResNetConfig if preset in _CNN_PRESETS else Wav2Vec2ConformerConfig)
     windowed = preset in _LOGMEL_PRESETS or preset in _AST_PRESETS or preset in _CNN_PRESETS
-    known = set(config_class().to_dict()) | ({"window_frames"} if windowed else set())
-    known |= {"num_mel_bins"} if preset in _CNN_PRESETS else set()
+    known = set(config_class().to_dict())
+    known |= {"window_frames"} if windowed else set()
+    known |= {"num_mel_bins"} if preset in _CNN_PRESETS else set()  # kept in the ResNet config for the extractor
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown {config_class.__name__} arguments: {unknown}")
@@ -389,16 +390,16 @@ def load_emotion_classifier(path: str | os.PathLike, **kwargs) -> PreTrainedMode
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     id2label, label2id = _emotion_labels()
     labels = {int(i): str(name) for i, name in config.id2label.items()}
+    # The log-mel CNN is a transformers image classifier (its input is the log-mel window as an image).
+    auto = AutoModelForImageClassification if config.model_type == "resnet" else AutoModelForAudioClassification
     if labels == id2label:
-        # The log-mel CNN is a transformers image classifier (its input is the log-mel window as an image).
-        auto = AutoModelForImageClassification if config.model_type == "resnet" else AutoModelForAudioClassification
         return auto.from_pretrained(path, local_files_only=True, **kwargs)
     if set(labels.values()) != {f"LABEL_{i}" for i in labels}:
         raise ValueError(
             f"the checkpoint in {str(path)!r} classifies {list(labels.values())}, not the project's emotions "
             f"{list(EMOTIONS)} in that order; map its classes before using it here"
         )
-    return AutoModelForAudioClassification.from_pretrained(
+    return auto.from_pretrained(
         path,
         local_files_only=True,
         num_labels=len(EMOTIONS),

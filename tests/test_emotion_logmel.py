@@ -287,6 +287,12 @@ def test_cnn_preset_reads_the_window_as_a_one_channel_image(tmp_path):
     loaded = load_emotion_classifier(tmp_path)
     assert isinstance(loaded, ResNetForImageClassification)
     torch.testing.assert_close(predict_emotion(loaded, load_emotion_feature_extractor(tmp_path, loaded), waves), probs)
+    # A CNN backbone with generic labels gets the emotion labels and a fresh head, as an audio backbone does.
+    generic = ResNetForImageClassification(type(model.config)(num_channels=1, embedding_size=8,
+                                                              hidden_sizes=[8, 8, 16, 16], num_labels=3))
+    generic.save_pretrained(tmp_path / "generic")
+    relabelled = load_emotion_classifier(tmp_path / "generic")
+    assert isinstance(relabelled, ResNetForImageClassification) and relabelled.config.id2label[6] == "sad"
     with pytest.raises(ValueError, match="32 bands"):
         emotion_classifier_config("cnn-small", num_mel_bins=16)
     with pytest.raises(ValueError, match="different layouts"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 from datetime import timedelta
@@ -107,13 +108,10 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--data_dir {args.data_dir} is not a folder")
 
 
-# ----------------------------------------------------------------------------------------------- accelerator
 def parse_model_kwargs(parser: argparse.ArgumentParser, value: str | None) -> dict | None:
     """`--model_kwargs` (a JSON object of model config overrides) as a dict; a parser error when it is not one."""
     if value is None:
         return None
-    import json
-
     try:
         kwargs = json.loads(value)
     except json.JSONDecodeError as err:
@@ -123,6 +121,7 @@ def parse_model_kwargs(parser: argparse.ArgumentParser, value: str | None) -> di
     return kwargs
 
 
+# ----------------------------------------------------------------------------------------------- accelerator
 def resolve_mixed_precision(requested: str | None, cpu: bool) -> str:
     """The flag, else `accelerate launch`'s setting, else bf16 on a bf16-capable GPU, else no."""
     if requested is not None:
