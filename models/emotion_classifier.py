@@ -28,6 +28,7 @@ Two families, chosen by measurement (docs/results/emotion-classifier/):
     EMOTIONS[probs.argmax(-1)[0]]
 """
 
+import inspect
 import json
 import math
 import os
@@ -336,22 +337,32 @@ def _check_wave(wave, index: int) -> np.ndarray:
     return wave.astype(np.float32, copy=False)
 
 
-def build_emotion_feature_extractor(model=None):
+def build_emotion_feature_extractor(model=None, **overrides):
     """The feature extractor a classifier was built for: `EmotionFeatureExtractor` for a log-mel model (its
-    mel bands and window from the model's config; the default without a model), `Wav2Vec2FeatureExtractor`
-    (16 kHz, per-clip zero mean / unit variance, zero padding with an attention mask) for a waveform one."""
+    mel bands and window from the model's config; the default without a model; `overrides` such as
+    `min_frequency` on top), `Wav2Vec2FeatureExtractor` (16 kHz, per-clip zero mean / unit variance, zero
+    padding with an attention mask) for a waveform one."""
+    known = set(inspect.signature(EmotionFeatureExtractor.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown feature extractor settings {unknown}; known: {sorted(known)}")
     if model is None or _is_logmel(model):
         if model is None:
-            return EmotionFeatureExtractor()
+            return EmotionFeatureExtractor(**overrides)
         config = model.config
         if config.model_type == "whisper":
-            return EmotionFeatureExtractor(feature_size=config.num_mel_bins,
-                                           window_frames=2 * config.max_source_positions)
-        if config.model_type == "resnet":
-            return EmotionFeatureExtractor(feature_size=config.num_mel_bins, window_frames=config.window_frames,
-                                           as_image=True)
-        return EmotionFeatureExtractor(feature_size=config.num_mel_bins, window_frames=config.max_length,
-                                       time_first=True)
+            layout = dict(feature_size=config.num_mel_bins, window_frames=2 * config.max_source_positions)
+        elif config.model_type == "resnet":
+            layout = dict(feature_size=config.num_mel_bins, window_frames=config.window_frames, as_image=True)
+        else:
+            layout = dict(feature_size=config.num_mel_bins, window_frames=config.max_length, time_first=True)
+        clash = sorted(set(layout) & set(overrides))
+        if clash:
+            raise ValueError(f"feature extractor overrides {clash} are set by the model's config; change the model")
+        return EmotionFeatureExtractor(**layout, **overrides)
+    if overrides:
+        raise ValueError(f"feature extractor overrides {sorted(overrides)} apply to log-mel classifiers; "
+                         f"{type(model).__name__} reads the waveform")
     return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True,
                                     return_attention_mask=True)
 

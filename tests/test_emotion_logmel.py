@@ -315,6 +315,32 @@ def test_trainer_model_kwargs_configure_the_preset(tmp_path):
             parse_args(["--data_dir", str(tmp_path), *flags])
 
 
+def test_trainer_feature_kwargs_configure_the_front_end_and_travel_with_the_model(tmp_path):
+    """--feature_kwargs sets the log-mel front end (here a 300 Hz lower edge, as telephone speech has); it is
+    saved beside the model, so loading reads speech the same way. A misspelt setting, one the model's config
+    owns (its band count), or overrides for a waveform model: a clear error, never a silent default."""
+    from talking_head.trainers.emotion import build_model, parse_args
+
+    args = parse_args(["--data_dir", str(tmp_path), "--feature_kwargs", '{"min_frequency": 300}'])
+    model, extractor = build_model(args)
+    assert extractor.min_frequency == 300.0 and extractor.as_image
+    default = build_emotion_feature_extractor(model)
+    wave = voice_like(seconds=1.0)
+    assert not np.allclose(extractor.windows(wave), default.windows(wave))
+    extractor.save_pretrained(tmp_path / "clf")
+    assert load_emotion_feature_extractor(tmp_path / "clf", model).min_frequency == 300.0
+    with pytest.raises(ValueError, match="unknown feature extractor settings"):
+        build_emotion_feature_extractor(model, min_freq=300)
+    with pytest.raises(ValueError, match="set by the model's config"):
+        build_emotion_feature_extractor(model, feature_size=32)
+    with pytest.raises(ValueError, match="reads the waveform"):
+        build_emotion_feature_extractor(build_emotion_classifier("conformer-tiny"), min_frequency=300)
+    for flags in (["--feature_kwargs", "300"],
+                  ["--feature_kwargs", '{"min_frequency": 300}', "--pretrained_model", str(tmp_path)]):
+        with pytest.raises(SystemExit):
+            parse_args(["--data_dir", str(tmp_path), *flags])
+
+
 def test_distillation_pulls_the_student_toward_its_teachers_average(tmp_path):
     """--distill_from: the teachers' mean prediction on the same (augmented, mixed) batch is a soft target. A
     student identical to its only teacher has nothing to learn from it (the term is 0); other teachers give a

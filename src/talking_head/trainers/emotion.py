@@ -73,6 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                             "(0.6B, the size of the paper's ConformerXL: fine-tune a pretrained one)")
     model.add_argument("--model_kwargs", type=str, default=None,
                        help='JSON object of config overrides on top of --preset, e.g. \'{"depths": [2, 2, 2, 2]}\'')
+    model.add_argument("--feature_kwargs", type=str, default=None,
+                       help="JSON object of log-mel feature extractor overrides, e.g. '{\"min_frequency\": 300}' "
+                            "(saved with the model, so the pipeline reads speech the same way)")
     model.add_argument("--pretrained_model", type=str, default=None,
                        help="a local transformers audio model/classifier folder to fine-tune instead of --preset")
     model.add_argument("--freeze_feature_encoder", action="store_true",
@@ -134,6 +137,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.model_kwargs = parse_model_kwargs(parser, args.model_kwargs)
     if args.model_kwargs and args.pretrained_model:
         parser.error("--model_kwargs configures a fresh --preset model; a --pretrained_model keeps its own config")
+    args.feature_kwargs = parse_model_kwargs(parser, args.feature_kwargs, "--feature_kwargs")
+    if args.feature_kwargs and args.pretrained_model:
+        parser.error("--feature_kwargs configures a fresh --preset model's front end; a --pretrained_model keeps "
+                     "its own feature extractor")
     if not 0 <= args.label_smoothing < 1 or args.mixup_alpha < 0 or args.spec_augment < 0:
         parser.error("--label_smoothing must be in [0, 1), --mixup_alpha and --spec_augment >= 0")
     return args
@@ -324,7 +331,7 @@ def build_model(args):
         extractor = load_emotion_feature_extractor(args.pretrained_model, model)
     else:
         model = build_emotion_classifier(args.preset, **(args.model_kwargs or {}))
-        extractor = build_emotion_feature_extractor(model)
+        extractor = build_emotion_feature_extractor(model, **(args.feature_kwargs or {}))
     if args.freeze_feature_encoder and hasattr(model, "freeze_feature_encoder"):
         model.freeze_feature_encoder()
     return model, extractor

@@ -108,16 +108,16 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--data_dir {args.data_dir} is not a folder")
 
 
-def parse_model_kwargs(parser: argparse.ArgumentParser, value: str | None) -> dict | None:
-    """`--model_kwargs` (a JSON object of model config overrides) as a dict; a parser error when it is not one."""
+def parse_model_kwargs(parser: argparse.ArgumentParser, value: str | None, flag: str = "--model_kwargs") -> dict | None:
+    """`flag`'s value (a JSON object of config overrides) as a dict; a parser error when it is not one."""
     if value is None:
         return None
     try:
         kwargs = json.loads(value)
     except json.JSONDecodeError as err:
-        parser.error(f"--model_kwargs is not JSON: {err}")
+        parser.error(f"{flag} is not JSON: {err}")
     if not isinstance(kwargs, dict):
-        parser.error("--model_kwargs must be a JSON object")
+        parser.error(f"{flag} must be a JSON object")
     return kwargs
 
 
