@@ -57,7 +57,7 @@ from talking_head.models.emotion_classifier import (EMOTION_CLASSIFIER_PRESETS, 
                                                     predict_emotion)
 from talking_head.training import (
     JsonlLog, TrainingRun, _write_json_atomic, add_common_args, check_common_args, finish, log_scalars,
-    make_accelerator, parse_model_kwargs, resolve_data_dir, save_component_atomic,
+    make_accelerator, parse_json_kwargs, resolve_data_dir, save_component_atomic,
 )
 
 logger = logging.getLogger("train_emotion")
@@ -134,10 +134,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--speaker_adversarial must be >= 0")
     if not 0 <= args.distill_weight <= 1 or not args.distill_temperature > 0:
         parser.error("--distill_weight must be in [0, 1] and --distill_temperature > 0")
-    args.model_kwargs = parse_model_kwargs(parser, args.model_kwargs)
+    args.model_kwargs = parse_json_kwargs(parser, args.model_kwargs)
     if args.model_kwargs and args.pretrained_model:
         parser.error("--model_kwargs configures a fresh --preset model; a --pretrained_model keeps its own config")
-    args.feature_kwargs = parse_model_kwargs(parser, args.feature_kwargs, "--feature_kwargs")
+    args.feature_kwargs = parse_json_kwargs(parser, args.feature_kwargs, "--feature_kwargs")
     if args.feature_kwargs and args.pretrained_model:
         parser.error("--feature_kwargs configures a fresh --preset model's front end; a --pretrained_model keeps "
                      "its own feature extractor")

@@ -42,7 +42,7 @@ from talking_head.head_pose import align_pose
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, landmark_loss
 from talking_head.training import (
     JsonlLog, TrainingRun, add_common_args, check_common_args, draw_landmarks, finish, held_out,
-    landmark_distance, log_scalars, log_video, make_accelerator, parse_model_kwargs, resolve_data_dir,
+    landmark_distance, log_scalars, log_video, make_accelerator, parse_json_kwargs, resolve_data_dir,
     save_component_atomic, to_uint8_video, write_validation_mp4,
 )
 
@@ -210,7 +210,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 parser.error(f"--emotion_aliases: unknown emotion in {part!r}; expected {', '.join(EMOTIONS)}")
             aliases[asked] = used
         args.emotion_aliases = aliases
-    args.model_kwargs = parse_model_kwargs(parser, args.model_kwargs)
+    args.model_kwargs = parse_json_kwargs(parser, args.model_kwargs)
     return args
 
 

@@ -53,5 +53,5 @@ from talking_head.training.loop import TrainingRun, UpdateLoop  # noqa: F401
 from talking_head.training.metrics import landmark_distance, psnr  # noqa: F401
 from talking_head.training.run_setup import (  # noqa: F401
     LR_SCHEDULERS, add_common_args, check_common_args, finish, init_trackers, make_accelerator, make_ema,
-    make_lr_scheduler, parse_model_kwargs, resolve_mixed_precision,
+    make_lr_scheduler, parse_json_kwargs, resolve_mixed_precision,
 )

@@ -108,8 +108,9 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--data_dir {args.data_dir} is not a folder")
 
 
-def parse_model_kwargs(parser: argparse.ArgumentParser, value: str | None, flag: str = "--model_kwargs") -> dict | None:
-    """`flag`'s value (a JSON object of config overrides) as a dict; a parser error when it is not one."""
+def parse_json_kwargs(parser: argparse.ArgumentParser, value: str | None, flag: str = "--model_kwargs") -> dict | None:
+    """`flag`'s value (a JSON object of overrides: --model_kwargs, --feature_kwargs) as a dict; a parser error
+    when it is not one."""
     if value is None:
         return None
     try:
