@@ -52,8 +52,18 @@ mkdir -p "$WORK"
         --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "mel_deltas": true, "dropout": 0.0, "identity_frame": "face", "context_dilations": [1, 2, 4, 8]}'
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
-#     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion classifier on RAVDESS actors 01-10
-#     with early stopping on 11-12 (docs/results/emotion-classifier/: d2, a log-mel CNN, ~13 min), one thread each, at once.
+#     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion
+#     classifier on RAVDESS actors 01-10, validated on 11-12 (docs/results/emotion-classifier/: d2, a log-mel CNN,
+#     ~13 min), one thread each, at once.
+emotion_run() {  # NAME SEED [extra flags]: one log-mel CNN run (run2's recipe, --preset cnn-small; stop 29)
+    # The best-so-far classifier is saved during the run, so the finished run is marked apart (.done).
+    local name=$1 seed=$2; shift 2
+    [ -f "$WORK/emotion/$name/.done" ] && return
+    $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion/$name" --preset cnn-small \
+        --max_train_steps 3000 --learning_rate 2e-3 --validation_steps 250 --checkpointing_steps 500 \
+        --early_stopping_patience 5 --report_to none --seed "$seed" --resume_from_checkpoint latest "$@"
+    touch "$WORK/emotion/$name/.done"
+}
 [ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
         --output_dir "$WORK/landmarks_emotion" --seed 1 --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
@@ -63,11 +73,11 @@ mkdir -p "$WORK"
         --emotion_aliases contempt=disgusted,surprised=fear --neutral_reference --p_uncond 0 \
         --train_only emotion_embedding,emotion_residual --freeze_null_emotion --domain_bias \
         --model_kwargs '{"emotion_head": true, "emotion_head_relative": true}' &
-[ -f "$WORK/emotion/emotion_classifier/config.json" ] || \
-    $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion" --preset cnn-small \
-        --max_train_steps 3000 --learning_rate 2e-3 --validation_steps 250 --checkpointing_steps 500 \
-        --early_stopping_patience 5 --report_to none --seed 3 &
-wait
+first=$!
+emotion_run d2 3 &
+second=$!
+wait "$first"  # each job's own status (a bare `wait` returns 0), so a failed run stops the script here
+wait "$second"
 
 # 2c. The lower-face renderer (DESIGN 7.2): tiny UNet on a 64² mouth box around jaw 4-12, the nose base and the mouth
 #     (docs/results/lower-face-renderer/: attempt r2), the trainer's defaults otherwise (region mask, mouth-contrast
@@ -103,8 +113,8 @@ from talking_head.utils import save_pipeline_atomic
 work = Path(sys.argv[1])
 pipe = TalkingHeadPipeline.from_pretrained(work / "diffusion_lips" / "pipeline")
 pipe.landmark_model = KFusionLandmarkModel.from_pretrained(work / "landmarks_emotion" / "landmark_model")
-classifier = load_emotion_classifier(work / "emotion" / "emotion_classifier")
-extractor = load_emotion_feature_extractor(work / "emotion" / "emotion_classifier", classifier)
+classifier = load_emotion_classifier(work / "emotion" / "d2" / "emotion_classifier")
+extractor = load_emotion_feature_extractor(work / "emotion" / "d2" / "emotion_classifier", classifier)
 pipe.register_modules(emotion_classifier=classifier, feature_extractor=extractor)
 pipe.register_to_config(unet_emotion_conditioning=False)
 save_pipeline_atomic(pipe, work / "pipeline")
