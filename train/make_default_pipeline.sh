@@ -55,15 +55,6 @@ mkdir -p "$WORK"
 #     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion
 #     classifier on RAVDESS actors 01-10, validated on 11-12 (docs/results/emotion-classifier/: d2, a log-mel CNN,
 #     ~13 min), one thread each, at once.
-emotion_run() {  # NAME SEED [extra flags]: one log-mel CNN run (run2's recipe, --preset cnn-small; stop 29)
-    # The best-so-far classifier is saved during the run, so the finished run is marked apart (.done).
-    local name=$1 seed=$2; shift 2
-    [ -f "$WORK/emotion/$name/.done" ] && return
-    $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion/$name" --preset cnn-small \
-        --max_train_steps 3000 --learning_rate 2e-3 --validation_steps 250 --checkpointing_steps 500 \
-        --early_stopping_patience 5 --report_to none --seed "$seed" --resume_from_checkpoint latest "$@"
-    touch "$WORK/emotion/$name/.done"
-}
 [ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
         --output_dir "$WORK/landmarks_emotion" --seed 1 --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
@@ -74,7 +65,14 @@ emotion_run() {  # NAME SEED [extra flags]: one log-mel CNN run (run2's recipe, 
         --train_only emotion_embedding,emotion_residual --freeze_null_emotion --domain_bias \
         --model_kwargs '{"emotion_head": true, "emotion_head_relative": true}' &
 first=$!
-emotion_run d2 3 &
+# The classifier keeps its best-so-far weights during the run, so a finished run is marked apart (.done); an
+# interrupted one resumes from its last checkpoint.
+[ -f "$WORK/emotion/d2/.done" ] || {
+    $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion/d2" --preset cnn-small \
+        --max_train_steps 3000 --learning_rate 2e-3 --validation_steps 250 --checkpointing_steps 500 \
+        --early_stopping_patience 5 --report_to none --seed 3 --resume_from_checkpoint latest
+    touch "$WORK/emotion/d2/.done"
+} &
 second=$!
 wait "$first"  # each job's own status (a bare `wait` returns 0), so a failed run stops the script here
 wait "$second"

@@ -30,12 +30,11 @@ tr = [r for r in rav if r[2] == "train"]; te = [r for r in rav if r[2] == "test"
 for order in (-1, 0, 1, 2, 3):
     f = lambda rows: np.stack([stats(detrend(mels[id(w)], order)) for w, *_ in rows])
     X = f(tr); y = np.array([r[1] for r in tr]); sc = StandardScaler().fit(X)
-    for C in (0.1,):
-        clf = LogisticRegression(C=C, max_iter=3000).fit(sc.transform(X), y)
-        out = []
-        for rows, restrict in ((te, None), (cre, cls6)):
-            p = clf.predict_proba(sc.transform(f(rows))); yy = np.array([r[1] for r in rows])
-            if restrict is not None: p = p * np.isin(clf.classes_, restrict)
-            pred = clf.classes_[p.argmax(1)]
-            out.append("%.3f/%.3f" % (np.mean(pred == yy), np.mean([np.mean(pred[yy == c] == c) for c in np.unique(yy)])))
-        print("detrend order", order, "C", C, "RAV", out[0], "CRE", out[1], flush=True)
+    clf = LogisticRegression(C=0.1, max_iter=3000).fit(sc.transform(X), y)
+    out = []
+    for rows, restrict in ((te, None), (cre, cls6)):
+        p = clf.predict_proba(sc.transform(f(rows))); yy = np.array([r[1] for r in rows])
+        if restrict is not None: p = p * np.isin(clf.classes_, restrict)
+        pred = clf.classes_[p.argmax(1)]
+        out.append("%.3f/%.3f" % (np.mean(pred == yy), np.mean([np.mean(pred[yy == c] == c) for c in np.unique(yy)])))
+    print("detrend order", order, "RAV", out[0], "CRE", out[1], flush=True)
