@@ -124,6 +124,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     val = parser.add_argument_group("validation")
     val.add_argument("--early_stopping_patience", type=int, default=0,
                      help="stop after this many validations without a better balanced accuracy; 0 = never")
+    val.add_argument("--keep_weights", choices=("best", "last"), default="best",
+                     help="best: the weights of the best validation balanced accuracy (early stopping's choice); "
+                          "last: the weights after the last update, whatever the validation says (a fixed "
+                          "schedule, as when comparing recipes by cross-validation over speakers)")
     add_common_args(parser, output_dir="out/train_emotion", train_batch_size=32, max_train_steps=3000,
                     learning_rate=1e-3, checkpointing_steps=500, validation_steps=250, lr_warmup_steps=100)
     args = parser.parse_args(argv)
@@ -134,6 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--speaker_adversarial must be >= 0")
     if not 0 <= args.distill_weight <= 1 or not args.distill_temperature > 0:
         parser.error("--distill_weight must be in [0, 1] and --distill_temperature > 0")
+    if args.keep_weights == "last" and args.early_stopping_patience:
+        parser.error("--keep_weights last runs the whole schedule; it cannot be combined with "
+                     "--early_stopping_patience")
     args.model_kwargs = parse_json_kwargs(parser, args.model_kwargs)
     if args.model_kwargs and args.pretrained_model:
         parser.error("--model_kwargs configures a fresh --preset model; a --pretrained_model keeps its own config")
@@ -506,7 +513,7 @@ def main(argv=None) -> None:
             return
         with run.averaged_weights(unwrapped):
             results = validator(unwrapped, loop.global_step)
-            if val_speakers and validator.is_best(results, loop.global_step):
+            if val_speakers and args.keep_weights == "best" and validator.is_best(results, loop.global_step):
                 save_component_atomic(unwrapped, best_dir, extras=[extractor])
         if args.early_stopping_patience and validator.since_best >= args.early_stopping_patience:
             logger.info(f"early stop at step {loop.global_step}: no better validation balanced accuracy in "
@@ -528,10 +535,10 @@ def main(argv=None) -> None:
 
     run.finish_weights(unwrapped, global_step)
     if accelerator.is_main_process:
-        if validator is not None and val_speakers and validator.best is not None:
+        if args.keep_weights == "best" and validator is not None and val_speakers and validator.best is not None:
             logger.info(f"kept the classifier of step {validator.best['step']} (validation balanced accuracy "
                         f"{validator.best['val/balanced_accuracy']:.3f}) in {best_dir}")
-        else:  # no speaker validation to choose by: the last weights
+        else:  # asked for, or no speaker validation to choose by: the last weights
             save_component_atomic(unwrapped, best_dir, extras=[extractor])
         logger.info(f"saved the emotion classifier to {best_dir} (train_diffusion.py --emotion_model {best_dir})")
     del model, unwrapped, optimizer, lr_scheduler, run, validator, params
