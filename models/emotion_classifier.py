@@ -4,7 +4,9 @@
 Not a custom class: a stock transformers classifier (an audio one, or an image one that reads the log-mel
 window as a picture) built from a config whose labels are the project's 8 MEAD emotions in the one canonical
 order (`talking_head.constants.EMOTIONS`). Because it is a stock model it saves, loads and sits in a diffusers
-pipeline as-is (model_index.json records e.g. ["transformers", "ResNetForImageClassification"]).
+pipeline as-is (model_index.json records e.g. ["transformers", "ResNetForImageClassification"]). Several
+trained runs of one recipe can be averaged into one model, `EmotionClassifierEnsemble` (a `PreTrainedModel`
+holding them, registered with the transformers Auto classes), which loads and predicts the same way.
 
 Two families, chosen by measurement (docs/results/emotion-classifier/):
 - **log-mel**: a fixed 3 s window from `EmotionFeatureExtractor` below (64 mel bands of 50-4000 Hz, the
@@ -44,6 +46,7 @@ from transformers import (
     AutoModelForImageClassification,
     BatchFeature,
     FeatureExtractionMixin,  # noqa: F401 - diffusers finds a component's load method by this module's base names
+    PretrainedConfig,
     PreTrainedModel,
     ResNetConfig,
     ResNetForImageClassification,
@@ -55,11 +58,14 @@ from transformers import (
     WhisperForAudioClassification,
 )
 from transformers.audio_utils import mel_filter_bank
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from talking_head.constants import EMOTIONS, SAMPLE_RATE
 
 __all__ = [
     "EMOTION_CLASSIFIER_PRESETS",
+    "EmotionClassifierEnsemble",
+    "EmotionEnsembleConfig",
     "EmotionFeatureExtractor",
     "build_emotion_classifier",
     "build_emotion_feature_extractor",
@@ -202,7 +208,86 @@ def build_emotion_classifier(preset: str = "cnn-small", **overrides) -> PreTrain
     return Wav2Vec2ConformerForSequenceClassification(config)
 
 
-_LOGMEL_MODEL_TYPES = ("whisper", "audio-spectrogram-transformer", "resnet")
+_LOGMEL_MODEL_TYPES = ("whisper", "audio-spectrogram-transformer", "resnet", "emotion-classifier-ensemble")
+
+
+class EmotionEnsembleConfig(PretrainedConfig):
+    """The config of `EmotionClassifierEnsemble`: its members' configs (each a `to_dict()`, with its
+    `model_type`) and the 8 emotion labels."""
+
+    model_type = "emotion-classifier-ensemble"
+
+    def __init__(self, members: list | None = None, **kwargs):
+        id2label, label2id = _emotion_labels()
+        for key, value in (("id2label", id2label), ("label2id", label2id)):
+            kwargs.setdefault(key, value)
+        super().__init__(**kwargs)
+        self.members = [dict(member) for member in (members or [])]
+
+    def member_configs(self) -> list:
+        return [AutoConfig.for_model(**member) for member in self.members]
+
+
+class EmotionClassifierEnsemble(PreTrainedModel):
+    """Several emotion classifiers of one kind, read by one feature extractor, averaged: the logits are the
+    members' mean log-probabilities (a geometric mean of their predictions, renormalised by the softmax), so
+    `predict_emotion` and the pipeline use it like any single classifier.
+
+    Why: runs of one recipe that differ only in their seed make different errors on voices none of them heard,
+    and their average makes fewer than its members (docs/results/emotion-classifier/, stop 32: chosen by
+    cross-validation over the training speakers). Saved and loaded with `save_pretrained` / `from_pretrained`
+    (one config.json holding the members' configs, one model.safetensors); `from_members` builds one from
+    trained classifiers.
+    """
+
+    config_class = EmotionEnsembleConfig
+    base_model_prefix = "ensemble"
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: EmotionEnsembleConfig):
+        super().__init__(config)
+        members = config.member_configs()
+        if not members:
+            raise ValueError("an EmotionClassifierEnsemble needs at least one member config")
+        kinds = {member.model_type for member in members}
+        if len(kinds) != 1 or not kinds <= set(_LOGMEL_MODEL_TYPES) - {self.config_class.model_type}:
+            raise ValueError(f"ensemble members must be log-mel classifiers of one kind, got {sorted(kinds)}")
+        auto = AutoModelForImageClassification if kinds == {"resnet"} else AutoModelForAudioClassification
+        self.members = torch.nn.ModuleList(auto.from_config(member) for member in members)
+        self.main_input_name = self.members[0].main_input_name
+        self.post_init()
+
+    def _init_weights(self, module):  # each member initialises its own layers
+        pass
+
+    def forward(self, labels=None, **inputs) -> SequenceClassifierOutput:
+        log_probs = [torch.log_softmax(member(**inputs).logits.float(), dim=-1) for member in self.members]
+        logits = torch.stack(log_probs).mean(0)
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    @classmethod
+    def from_members(cls, folders) -> tuple["EmotionClassifierEnsemble", object]:
+        """(ensemble, feature extractor) of the trained classifiers saved in `folders` (local directories, each
+        with the same feature extractor)."""
+        folders = [str(folder) for folder in folders]
+        if not folders:
+            raise ValueError("from_members needs at least one classifier folder")
+        models = [load_emotion_classifier(folder) for folder in folders]
+        extractors = [load_emotion_feature_extractor(folder, model) for folder, model in zip(folders, models)]
+        for folder, extractor in zip(folders[1:], extractors[1:]):
+            if extractor.to_dict() != extractors[0].to_dict():
+                raise ValueError(f"{folder} reads other features than {folders[0]}; ensemble members share one "
+                                 "feature extractor")
+        ensemble = cls(EmotionEnsembleConfig(members=[model.config.to_dict() for model in models]))
+        for member, model in zip(ensemble.members, models):
+            member.load_state_dict(model.state_dict())
+        return ensemble.eval(), extractors[0]
+
+
+AutoConfig.register(EmotionEnsembleConfig.model_type, EmotionEnsembleConfig)
+AutoModelForAudioClassification.register(EmotionEnsembleConfig, EmotionClassifierEnsemble)
+
 
 
 def _is_logmel(model_or_config) -> bool:
@@ -350,6 +435,8 @@ def build_emotion_feature_extractor(model=None, **overrides):
         if model is None:
             return EmotionFeatureExtractor(**overrides)
         config = model.config
+        if config.model_type == EmotionEnsembleConfig.model_type:  # its members' inputs
+            config = config.member_configs()[0]
         if config.model_type == "whisper":
             layout = dict(feature_size=config.num_mel_bins, window_frames=2 * config.max_source_positions)
         elif config.model_type == "resnet":

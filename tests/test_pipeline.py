@@ -370,3 +370,29 @@ def test_identity_that_already_is_a_face_crop(pipe, identity):
     np.testing.assert_allclose(photo.landmarks, lmk, atol=1e-5)
     out = run(pipe, identity, crop_face=False, num_inference_steps=1)
     assert out.frames.shape == (1, 10, PHOTO, PHOTO, 3)
+
+
+def test_pipeline_carries_an_averaged_classifier(identity, tmp_path):
+    """An `EmotionClassifierEnsemble` (several classifiers averaged, as the bundle may ship) sits in the pipeline
+    like one classifier: it detects the emotion, saves under its own class name and loads back the same."""
+    from talking_head.models.emotion_classifier import EmotionClassifierEnsemble
+
+    p = build_pipeline("tiny", sample_size=SIZE, seed=0)
+    p.set_progress_bar_config(disable=True)
+    for seed in (1, 2):
+        member = build_pipeline("tiny", sample_size=SIZE, seed=seed).emotion_classifier
+        member.save_pretrained(tmp_path / f"m{seed}")
+        p.feature_extractor.save_pretrained(tmp_path / f"m{seed}")
+    ensemble, extractor = EmotionClassifierEnsemble.from_members([tmp_path / "m1", tmp_path / "m2"])
+    p.register_modules(emotion_classifier=ensemble, feature_extractor=extractor)
+    out = run(p, identity)
+    assert out.emotion[0] in EMOTIONS and np.allclose(np.asarray(out.emotion_probs).sum(-1), 1.0, atol=1e-5)
+    folder = save_pipeline_atomic(p, tmp_path / "pipe")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["emotion_classifier"] == ["talking_head.models.emotion_classifier", "EmotionClassifierEnsemble"]
+    loaded = TalkingHeadPipeline.from_pretrained(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.emotion_classifier, EmotionClassifierEnsemble)
+    again = run(loaded, identity)
+    assert again.emotion == out.emotion
+    np.testing.assert_allclose(again.emotion_probs, out.emotion_probs, rtol=1e-6)
