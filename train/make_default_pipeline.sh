@@ -53,8 +53,9 @@ mkdir -p "$WORK"
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
 #     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion
-#     classifier on RAVDESS actors 01-10, validated on 11-12 (docs/results/emotion-classifier/: d2, a log-mel CNN,
-#     ~13 min), one thread each, at once.
+#     classifier: two runs of one recipe (a log-mel CNN, 3000 updates, the last weights) on RAVDESS actors 01-12,
+#     seeds 0 and 1, averaged into one model (docs/results/emotion-classifier/, stop 32: chosen by cross-validation
+#     over those speakers; ~25 min each). One thread each, all three at once.
 [ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
         --output_dir "$WORK/landmarks_emotion" --seed 1 --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
@@ -64,18 +65,23 @@ mkdir -p "$WORK"
         --emotion_aliases contempt=disgusted,surprised=fear --neutral_reference --p_uncond 0 \
         --train_only emotion_embedding,emotion_residual --freeze_null_emotion --domain_bias \
         --model_kwargs '{"emotion_head": true, "emotion_head_relative": true}' &
-first=$!
-# The classifier keeps its best-so-far weights during the run, so a finished run is marked apart (.done); an
-# interrupted one resumes from its last checkpoint.
-[ -f "$WORK/emotion/d2/.done" ] || {
-    $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion/d2" --preset cnn-small \
-        --max_train_steps 3000 --learning_rate 2e-3 --validation_steps 250 --checkpointing_steps 500 \
-        --early_stopping_patience 5 --report_to none --seed 3 --resume_from_checkpoint latest
-    touch "$WORK/emotion/d2/.done"
-} &
-second=$!
-wait "$first"  # each job's own status (a bare `wait` returns 0), so a failed run stops the script here
-wait "$second"
+jobs_2b=($!)
+# A finished classifier run is marked apart (.done); an interrupted one resumes from its last checkpoint.
+for seed in 0 1; do
+    [ -f "$WORK/emotion/all_s$seed/.done" ] || {
+        $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion/all_s$seed" \
+            --preset cnn-small --max_train_steps 3000 --learning_rate 2e-3 --checkpointing_steps 500 \
+            --validation_speakers none --validation_steps 3000 --keep_weights last --report_to none --seed "$seed" \
+            --resume_from_checkpoint latest
+        touch "$WORK/emotion/all_s$seed/.done"
+    } &
+    jobs_2b+=($!)
+done
+for job in "${jobs_2b[@]}"; do
+    wait "$job"  # each job's own status (a bare `wait` returns 0), so a failed run stops the script here
+done
+$PY train/ensemble_emotion.py "$WORK/emotion/all_s0/emotion_classifier" "$WORK/emotion/all_s1/emotion_classifier" \
+    --output_dir "$WORK/emotion/averaged"
 
 # 2c. The lower-face renderer (DESIGN 7.2): tiny UNet on a 64² mouth box around jaw 4-12, the nose base and the mouth
 #     (docs/results/lower-face-renderer/: attempt r2), the trainer's defaults otherwise (region mask, mouth-contrast
@@ -111,8 +117,8 @@ from talking_head.utils import save_pipeline_atomic
 work = Path(sys.argv[1])
 pipe = TalkingHeadPipeline.from_pretrained(work / "diffusion_lips" / "pipeline")
 pipe.landmark_model = KFusionLandmarkModel.from_pretrained(work / "landmarks_emotion" / "landmark_model")
-classifier = load_emotion_classifier(work / "emotion" / "d2" / "emotion_classifier")
-extractor = load_emotion_feature_extractor(work / "emotion" / "d2" / "emotion_classifier", classifier)
+classifier = load_emotion_classifier(work / "emotion" / "averaged")
+extractor = load_emotion_feature_extractor(work / "emotion" / "averaged", classifier)
 pipe.register_modules(emotion_classifier=classifier, feature_extractor=extractor)
 pipe.register_to_config(unet_emotion_conditioning=False)
 save_pipeline_atomic(pipe, work / "pipeline")
