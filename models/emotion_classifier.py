@@ -289,7 +289,6 @@ AutoConfig.register(EmotionEnsembleConfig.model_type, EmotionEnsembleConfig)
 AutoModelForAudioClassification.register(EmotionEnsembleConfig, EmotionClassifierEnsemble)
 
 
-
 def _is_logmel(model_or_config) -> bool:
     config = getattr(model_or_config, "config", model_or_config)
     return getattr(config, "model_type", None) in _LOGMEL_MODEL_TYPES
