@@ -54,13 +54,18 @@ def main() -> None:
         for run in members:
             model = load_emotion_classifier(run / "emotion_classifier")
             singles.append(score(model, load_emotion_feature_extractor(run / "emotion_classifier", model), items))
-        ensemble, extractor = EmotionClassifierEnsemble.from_members([run / "emotion_classifier" for run in members])
-        averaged = score(ensemble, extractor, items)
+        by_size = {}  # the average of the first k seeds, k = 2 .. all: does one more member still help?
+        for k in range(2, len(members) + 1):
+            ensemble, extractor = EmotionClassifierEnsemble.from_members(
+                [run / "emotion_classifier" for run in members[:k]])
+            by_size[k] = score(ensemble, extractor, items)
+        averaged = by_size[len(members)] if by_size else singles[0]
         row = {"fold": fold, "speakers": speakers, "n": len(items), "seeds": [run.name for run in members],
                "single_accuracy": [s["accuracy"] for s in singles],
                "single_balanced": [s["balanced_accuracy"] for s in singles],
                "ensemble_accuracy": averaged["accuracy"], "ensemble_balanced": averaged["balanced_accuracy"],
-               "ensemble_recall": averaged["per_class_recall"]}
+               "ensemble_recall": averaged["per_class_recall"],
+               "averaged_by_size": {k: [v["accuracy"], v["balanced_accuracy"]] for k, v in by_size.items()}}
         rows.append(row)
         table.append(f"| {', '.join(speakers)} | "
                      + " · ".join(f"{a:.1%} / {b:.1%}" for a, b in zip(row["single_accuracy"], row["single_balanced"]))
@@ -81,6 +86,11 @@ def main() -> None:
     recall = {e: np.mean([r["ensemble_recall"][e] for r in rows]) for e in EMOTIONS
               if all(r["ensemble_recall"][e] is not None for r in rows)}
     print("averaged, recall per class over the folds: " + ", ".join(f"{e} {v:.0%}" for e, v in recall.items()))
+    if all(3 in r["averaged_by_size"] for r in rows) and len(rows) == 3:  # stop 32's third question
+        more = [r["averaged_by_size"][3][1] - r["averaged_by_size"][2][1] for r in rows]
+        three_ships = np.mean(more) >= 0.01 and sum(g > 0 for g in more) >= 2
+        print(f"three averaged against two (seeds 0, 1), balanced: {', '.join(f'{g:+.1%}' for g in more)} "
+              f"(mean {np.mean(more):+.1%}); rule: {'a third member ships' if three_ships else 'two stay'}")
     verdict = ("the average ships" if ships else "incomplete: 3 folds of >= 2 seeds needed" if not complete
                else "one run stays (d2)")
     print(f"rule: {verdict}")
