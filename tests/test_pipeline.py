@@ -375,13 +375,14 @@ def test_identity_that_already_is_a_face_crop(pipe, identity):
 def test_pipeline_carries_an_averaged_classifier(identity, tmp_path):
     """An `EmotionClassifierEnsemble` (several classifiers averaged, as the bundle may ship) sits in the pipeline
     like one classifier: it detects the emotion, saves under its own class name and loads back the same."""
-    from talking_head.models.emotion_classifier import EmotionClassifierEnsemble
+    from talking_head.models.emotion_classifier import EmotionClassifierEnsemble, build_emotion_classifier
+    from talking_head.presets import PRESETS
 
     p = build_pipeline("tiny", sample_size=SIZE, seed=0)
     p.set_progress_bar_config(disable=True)
-    for seed in (1, 2):
-        member = build_pipeline("tiny", sample_size=SIZE, seed=seed).emotion_classifier
-        member.save_pretrained(tmp_path / f"m{seed}")
+    for seed in (1, 2):  # two members of the preset's kind, other weights
+        torch.manual_seed(seed)
+        build_emotion_classifier(PRESETS["tiny"]["emotion"]).save_pretrained(tmp_path / f"m{seed}")
         p.feature_extractor.save_pretrained(tmp_path / f"m{seed}")
     ensemble, extractor = EmotionClassifierEnsemble.from_members([tmp_path / "m1", tmp_path / "m2"])
     p.register_modules(emotion_classifier=ensemble, feature_extractor=extractor)

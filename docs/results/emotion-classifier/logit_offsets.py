@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from speaker_cv import fold_speakers  # beside this script
+from speaker_cv import fold_runs, fold_speakers  # beside this script
 
 from talking_head.constants import EMOTIONS
 from talking_head.data.dataset import EmotionAudioDataset
@@ -41,17 +41,16 @@ def fit_offsets(logp: np.ndarray, labels: np.ndarray, rounds: int = 3) -> np.nda
     return bias
 
 
-def out_of_fold(data_dir: str, work_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(log-probabilities, labels, fold index) of every training-speaker utterance, from its fold's average."""
-    folds: dict[str, list[Path]] = {}
-    for run in sorted(p.parent for p in Path(work_dir).glob("fold*_s*/.done")):
-        folds.setdefault(run.name.split("_")[0], []).append(run)
+def out_of_fold(data_dir: str, work_dir: str, members: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(log-probabilities, labels, fold index) of every training-speaker utterance, from its fold's average of
+    the first `members` seeds."""
     logps, labels, fold_ids = [], [], []
-    for k, (fold, runs) in enumerate(sorted(folds.items())):
+    for k, (fold, runs) in enumerate(sorted(fold_runs(work_dir).items())):
         data = EmotionAudioDataset(data_dir, split="train", max_seconds=30.0, random_crop=False,
                                    speakers=fold_speakers(runs[0].name))
         items = [data[i] for i in range(len(data))]
-        model, extractor = EmotionClassifierEnsemble.from_members([run / "emotion_classifier" for run in runs])
+        model, extractor = EmotionClassifierEnsemble.from_members(
+            [run / "emotion_classifier" for run in runs[:members]])
         probs = predict_emotion(model, extractor, [it["audio"].numpy() for it in items])
         logps.append(torch.log(probs.clamp_min(1e-12)).numpy())
         labels += [int(it["label"]) for it in items]
@@ -63,10 +62,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_dir")
     parser.add_argument("work_dir")
+    parser.add_argument("--members", type=int, default=2,
+                        help="average this many seeds per fold (2: the size of the shipped average)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    logp, labels, folds = out_of_fold(args.data_dir, args.work_dir)
+    logp, labels, folds = out_of_fold(args.data_dir, args.work_dir, args.members)
     none = np.zeros(logp.shape[1])
     rows = []
     for k in np.unique(folds):

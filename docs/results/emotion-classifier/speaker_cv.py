@@ -27,6 +27,14 @@ def fold_speakers(name: str) -> list[str]:
     return [f"{first + i:02d}" for i in range(4)]
 
 
+def fold_runs(work_dir) -> dict[str, list[Path]]:
+    """speaker_cv.sh's finished fold runs, grouped by fold ({"fold01": [.../fold01_s0, ...], ...}, seeds in order)."""
+    folds: dict[str, list[Path]] = {}
+    for run in sorted(p.parent for p in Path(work_dir).glob("fold*_s*/.done")):
+        folds.setdefault(run.name.split("_")[0], []).append(run)
+    return folds
+
+
 def score(model, extractor, items) -> dict:
     probs = predict_emotion(model, extractor, [it["audio"].numpy() for it in items])
     labels = np.array([int(it["label"]) for it in items])
@@ -40,12 +48,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    runs = sorted(p.parent for p in Path(args.work_dir).glob("fold*_s*/.done"))
-    folds: dict[str, list[Path]] = {}
-    for run in runs:
-        folds.setdefault(run.name.split("_")[0], []).append(run)
     rows, table = [], []
-    for fold, members in sorted(folds.items()):
+    for fold, members in sorted(fold_runs(args.work_dir).items()):
         speakers = fold_speakers(members[0].name)
         data = EmotionAudioDataset(args.data_dir, split="train", max_seconds=30.0, random_crop=False,
                                    speakers=speakers)
