@@ -4,6 +4,10 @@ of the two runs that never heard its speaker) and judged by nested cross-validat
 the third). Prints the rule's verdict and the offsets fitted on all folds. Reads no test speaker.
 
     python docs/results/emotion-classifier/logit_offsets.py out/data/ravdess out/emotion/cv [--json out.json]
+
+Stop 33 (the replication): `--members 3 --against_members 2` compares the three-seed averages with nested offsets
+against the two-seed averages without any; `--pool out/emotion/cv` fits the final offsets on both
+cross-validations' out-of-fold predictions together.
 """
 
 import argparse
@@ -64,16 +68,23 @@ def main() -> None:
     parser.add_argument("work_dir")
     parser.add_argument("--members", type=int, default=2,
                         help="average this many seeds per fold (2: the size of the shipped average)")
+    parser.add_argument("--against_members", type=int, default=None,
+                        help="stop 33: compare against this many seeds averaged without offsets (default: the same "
+                             "averages without offsets)")
+    parser.add_argument("--pool", default=None,
+                        help="another cross-validation's work dir: the final offsets are fitted on both together")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     logp, labels, folds = out_of_fold(args.data_dir, args.work_dir, args.members)
+    baseline = logp if args.against_members is None else out_of_fold(args.data_dir, args.work_dir,
+                                                                      args.against_members)[0]
     none = np.zeros(logp.shape[1])
     rows = []
     for k in np.unique(folds):
         train, held = folds != k, folds == k
         bias = fit_offsets(logp[train], labels[train])
-        rows.append((balanced_accuracy(logp[held], labels[held], none),
+        rows.append((balanced_accuracy(baseline[held], labels[held], none),
                      balanced_accuracy(logp[held], labels[held], bias), bias))
         print(f"fold {k}: without offsets {rows[-1][0]:.1%}, with offsets fitted on the other folds {rows[-1][1]:.1%} "
               f"(offsets {', '.join(f'{EMOTIONS[c]} {b:+.1f}' for c, b in enumerate(bias) if b)})")
@@ -82,8 +93,11 @@ def main() -> None:
     print(f"nested cross-validation: balanced accuracy {np.mean([r[0] for r in rows]):.1%} -> "
           f"{np.mean([r[1] for r in rows]):.1%} (gain {np.mean(gains):+.1%}; per fold "
           f"{', '.join(f'{g:+.1%}' for g in gains)}); rule: {'adopt' if adopted else 'no offsets'}")
+    if args.pool:
+        other, other_labels, _ = out_of_fold(args.data_dir, args.pool, args.members)
+        logp, labels = np.concatenate([logp, other]), np.concatenate([labels, other_labels])
     final = fit_offsets(logp, labels)
-    print(f"out-of-fold, all 624: {balanced_accuracy(logp, labels, none):.1%} without, "
+    print(f"out-of-fold, all {len(labels)}: {balanced_accuracy(logp, labels, none):.1%} without, "
           f"{balanced_accuracy(logp, labels, final):.1%} with the offsets fitted on all folds (in-sample): "
           f"{json.dumps([round(float(b), 1) for b in final])}")
     if args.json:
