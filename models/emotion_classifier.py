@@ -213,16 +213,24 @@ _LOGMEL_MODEL_TYPES = ("whisper", "audio-spectrogram-transformer", "resnet", "em
 
 class EmotionEnsembleConfig(PretrainedConfig):
     """The config of `EmotionClassifierEnsemble`: its members' configs (each a `to_dict()`, with its
-    `model_type`) and the 8 emotion labels."""
+    `model_type`), the 8 emotion labels, and `logit_offsets`: one number per label added to the averaged
+    log-probabilities (None: no offsets), fitted where no test speaker is (docs/results/emotion-classifier/, stop 33)."""
 
     model_type = "emotion-classifier-ensemble"
 
-    def __init__(self, members: list | None = None, **kwargs):
+    def __init__(self, members: list | None = None, logit_offsets: list | None = None, **kwargs):
         id2label, label2id = _emotion_labels()
         for key, value in (("id2label", id2label), ("label2id", label2id)):
             kwargs.setdefault(key, value)
         super().__init__(**kwargs)
         self.members = [dict(member) for member in (members or [])]
+        if logit_offsets is not None:
+            logit_offsets = [float(value) for value in logit_offsets]
+            if len(logit_offsets) != len(self.id2label) or not all(math.isfinite(v) for v in logit_offsets):
+                raise ValueError(f"logit_offsets must be {len(self.id2label)} finite numbers (one per emotion: "
+                                 f"{', '.join(self.id2label[i] for i in range(len(self.id2label)))}), "
+                                 f"got {logit_offsets}")
+        self.logit_offsets = logit_offsets
 
     def member_configs(self) -> list:
         return [AutoConfig.for_model(**member) for member in self.members]
@@ -263,13 +271,15 @@ class EmotionClassifierEnsemble(PreTrainedModel):
     def forward(self, labels=None, **inputs) -> SequenceClassifierOutput:
         log_probs = [torch.log_softmax(member(**inputs).logits.float(), dim=-1) for member in self.members]
         logits = torch.stack(log_probs).mean(0)
+        if self.config.logit_offsets is not None:
+            logits = logits + logits.new_tensor(self.config.logit_offsets)
         loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     @classmethod
-    def from_members(cls, folders) -> tuple["EmotionClassifierEnsemble", object]:
+    def from_members(cls, folders, logit_offsets=None) -> tuple["EmotionClassifierEnsemble", object]:
         """(ensemble, feature extractor) of the trained classifiers saved in `folders` (local directories, each
-        with the same feature extractor)."""
+        with the same feature extractor), with `logit_offsets` (one per emotion) if given."""
         folders = [str(folder) for folder in folders]
         if not folders:
             raise ValueError("from_members needs at least one classifier folder")
@@ -279,7 +289,8 @@ class EmotionClassifierEnsemble(PreTrainedModel):
             if extractor.to_dict() != extractors[0].to_dict():
                 raise ValueError(f"{folder} reads other features than {folders[0]}; ensemble members share one "
                                  "feature extractor")
-        ensemble = cls(EmotionEnsembleConfig(members=[model.config.to_dict() for model in models]))
+        ensemble = cls(EmotionEnsembleConfig(members=[model.config.to_dict() for model in models],
+                                             logit_offsets=logit_offsets))
         for member, model in zip(ensemble.members, models):
             member.load_state_dict(model.state_dict())
         return ensemble.eval(), extractors[0]

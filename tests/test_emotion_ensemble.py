@@ -70,6 +70,24 @@ def test_ensemble_refuses_members_that_read_other_features(tmp_path):
         EmotionClassifierEnsemble.from_members([tmp_path / "missing"])
 
 
+def test_logit_offsets_shift_the_average_and_round_trip(tmp_path):
+    members = save_members(tmp_path, seeds=(0, 1))
+    plain, extractor = EmotionClassifierEnsemble.from_members(members)
+    offsets = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0, 0.0]  # a large push towards "sad" (index 6)
+    shifted, _ = EmotionClassifierEnsemble.from_members(members, logit_offsets=offsets)
+    waves = [voice_like(0.9, seed=3), voice_like(1.1, seed=4)]
+    before, after = predict_emotion(plain, extractor, waves), predict_emotion(shifted, extractor, waves)
+    torch.testing.assert_close(after, torch.softmax(before.log() + torch.tensor(offsets), -1))
+    assert (after[:, 6] > before[:, 6]).all() and torch.allclose(after.sum(-1), torch.ones(2))
+    shifted.save_pretrained(tmp_path / "ens")
+    loaded = load_emotion_classifier(tmp_path / "ens")
+    assert loaded.config.logit_offsets == offsets
+    torch.testing.assert_close(predict_emotion(loaded, extractor, waves), after)
+    for bad in ([1.0, 2.0], [0.0] * 7 + [float("nan")]):
+        with pytest.raises(ValueError, match="logit_offsets must be 8 finite numbers"):
+            EmotionClassifierEnsemble.from_members(members, logit_offsets=bad)
+
+
 def test_ensemble_script_saves_a_loadable_average(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("ensemble_emotion", ROOT / "train" / "ensemble_emotion.py")
     script = importlib.util.module_from_spec(spec)
@@ -81,6 +99,13 @@ def test_ensemble_script_saves_a_loadable_average(tmp_path, capsys):
     assert isinstance(loaded, EmotionClassifierEnsemble) and len(loaded.members) == 2
     with pytest.raises(SystemExit):  # one folder is not an average
         script.main([str(members[0]), "--output_dir", str(tmp_path / "one")])
+    script.main([str(m) for m in members]
+                + ["--output_dir", str(tmp_path / "off"), "--logit_offsets", "[0.5, 0, 0, 0, 0, 0, 0, 0]"])
+    assert load_emotion_classifier(tmp_path / "off").config.logit_offsets == [0.5] + [0.0] * 7
+    with pytest.raises(SystemExit):  # seven numbers for eight emotions
+        script.main([str(m) for m in members]
+                    + ["--output_dir", str(tmp_path / "bad"), "--logit_offsets", "[0, 0, 0, 0, 0, 0, 0]"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_trainer_keeps_the_last_weights_when_asked(tmp_path):

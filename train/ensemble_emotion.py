@@ -11,6 +11,7 @@ docs/results/emotion-classifier/ (stop 32, cross-validation over the training sp
 """
 
 import argparse
+import json
 import sys
 
 from talking_head.models.emotion_classifier import EmotionClassifierEnsemble
@@ -21,10 +22,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("members", nargs="+", help="trained classifier folders (train_emotion.py's emotion_classifier)")
     parser.add_argument("--output_dir", required=True, help="where the averaged classifier is saved")
+    parser.add_argument("--logit_offsets", type=json.loads, default=None,
+                        help="a JSON list, one number per emotion (constants.EMOTIONS order), added to the averaged "
+                             "log-probabilities (logit_offsets.py fits them on a speaker cross-validation)")
     args = parser.parse_args(argv)
     if len(args.members) < 2:
         parser.error("give at least two classifier folders to average")
-    ensemble, extractor = EmotionClassifierEnsemble.from_members(args.members)
+    try:
+        ensemble, extractor = EmotionClassifierEnsemble.from_members(args.members, logit_offsets=args.logit_offsets)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
     path = save_component_atomic(ensemble, args.output_dir, extras=[extractor])
     print(f"saved the average of {len(args.members)} classifiers to {path}")
 
