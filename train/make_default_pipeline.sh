@@ -53,9 +53,10 @@ mkdir -p "$WORK"
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
 #     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion
-#     classifier: two runs of one recipe (a log-mel CNN, 3000 updates, the last weights) on RAVDESS actors 01-12,
-#     seeds 0 and 1, averaged into one model (docs/results/emotion-classifier/, stop 32: chosen by cross-validation
-#     over those speakers; ~25 min each). One thread each, all three at once.
+#     classifier: three runs of one recipe (a log-mel CNN, 3000 updates, the last weights) on RAVDESS actors 01-12,
+#     seeds 0, 1 and 2, averaged into one model with per-class logit offsets (docs/results/emotion-classifier/,
+#     stops 32-33: the average and the offsets chosen by cross-validation over those speakers, the offsets fitted on
+#     its out-of-fold predictions; ~25 min each). One thread each, all four at once.
 [ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
         --output_dir "$WORK/landmarks_emotion" --seed 1 --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
@@ -67,7 +68,7 @@ mkdir -p "$WORK"
         --model_kwargs '{"emotion_head": true, "emotion_head_relative": true}' &
 jobs_2b=($!)
 # A finished classifier run is marked apart (.done); an interrupted one resumes from its last checkpoint.
-for seed in 0 1; do
+for seed in 0 1 2; do
     [ -f "$WORK/emotion/all_s$seed/.done" ] || {
         $PY train/train_emotion.py --data_dir "$WORK/data/ravdess" --output_dir "$WORK/emotion/all_s$seed" \
             --preset cnn-small --max_train_steps 3000 --learning_rate 2e-3 --checkpointing_steps 500 \
@@ -80,7 +81,10 @@ done
 for job in "${jobs_2b[@]}"; do
     wait "$job"  # each job's own status (a bare `wait` returns 0), so a failed run stops the script here
 done
+# The offsets (neutral, angry, contempt, disgusted, fear, happy, sad, surprised) are logit_offsets.py's fit on the two
+# cross-validations' out-of-fold predictions (docs/results/emotion-classifier/cv/replication_offsets.json).
 $PY train/ensemble_emotion.py "$WORK/emotion/all_s0/emotion_classifier" "$WORK/emotion/all_s1/emotion_classifier" \
+    "$WORK/emotion/all_s2/emotion_classifier" --logit_offsets "[1.0, -0.3, 0.0, 0.4, 0.2, -0.1, -0.5, -0.2]" \
     --output_dir "$WORK/emotion/averaged"
 
 # 2c. The lower-face renderer (DESIGN 7.2): tiny UNet on a 64² mouth box around jaw 4-12, the nose base and the mouth
