@@ -93,7 +93,8 @@ def main() -> None:
     if all(3 in r["averaged_by_size"] for r in rows) and len(rows) == 3:  # stop 32's third question
         more = [r["averaged_by_size"][3][1] - r["averaged_by_size"][2][1] for r in rows]
         three_ships = np.mean(more) >= 0.01 and sum(g > 0 for g in more) >= 2
-        print(f"three averaged against two (seeds 0, 1), balanced: {', '.join(f'{g:+.1%}' for g in more)} "
+        first_two = ", ".join(name.split("_s")[1] for name in rows[0]["seeds"][:2])
+        print(f"three averaged against two (seeds {first_two}), balanced: {', '.join(f'{g:+.1%}' for g in more)} "
               f"(mean {np.mean(more):+.1%}); rule: {'a third member ships' if three_ships else 'two stay'}")
     verdict = ("the average ships" if ships else "incomplete: 3 folds of >= 2 seeds needed" if not complete
                else "one run stays (d2)")
