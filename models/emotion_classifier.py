@@ -238,8 +238,9 @@ class EmotionEnsembleConfig(PretrainedConfig):
 
 class EmotionClassifierEnsemble(PreTrainedModel):
     """Several emotion classifiers of one kind, read by one feature extractor, averaged: the logits are the
-    members' mean log-probabilities (a geometric mean of their predictions, renormalised by the softmax), so
-    `predict_emotion` and the pipeline use it like any single classifier.
+    members' mean log-probabilities (a geometric mean of their predictions, renormalised by the softmax), plus
+    the config's `logit_offsets` if it has them, so `predict_emotion` and the pipeline use it like any single
+    classifier.
 
     Why: runs of one recipe that differ only in their seed make different errors on voices none of them heard,
     and their average makes fewer than its members (docs/results/emotion-classifier/, stop 32: chosen by
