@@ -318,6 +318,11 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
     crops at random, see `fit_window`), a shorter one is repeated until it fills it, so the mean-pooling
     classifier never averages over padding.
 
+    `test_time_speeds` (default `(1.0,)`: none): `windows`, which `predict_emotion` scores, also reads the
+    waveform resampled to each of these speeds (pitch and tempo together, as the trainer's speed augmentation
+    does), so a clip's logits are averaged over its speeds as well as over its windows. `__call__` (one window
+    per waveform, the training input) ignores it.
+
     Saved and loaded with `save_pretrained` / `from_pretrained` (preprocessor_config.json).
     """
 
@@ -326,7 +331,7 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
     def __init__(self, feature_size: int = 64, sampling_rate: int = SAMPLE_RATE, n_fft: int = 400,
                  hop_length: int = 160, min_frequency: float = 50.0, max_frequency: float = 4000.0,
                  window_frames: int = 300, trim_db: float = 40.0, floor_db: float = 60.0, padding_value: float = 0.0,
-                 time_first: bool = False, as_image: bool = False, **kwargs):
+                 time_first: bool = False, as_image: bool = False, test_time_speeds=(1.0,), **kwargs):
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value,
                          **kwargs)
         if not 0 <= min_frequency < max_frequency <= sampling_rate / 2:
@@ -342,6 +347,7 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
         if time_first and as_image:
             raise ValueError("time_first and as_image are different layouts; choose one")
         self.time_first, self.as_image = bool(time_first), bool(as_image)
+        self.test_time_speeds = _check_speeds(test_time_speeds)
         self.model_input_names = ["input_values" if self.time_first else "pixel_values" if self.as_image
                                   else "input_features"]
         # (n_fft // 2 + 1, feature_size); not saved (FeatureExtractionMixin.to_dict drops "mel_filters").
@@ -387,8 +393,12 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
         return np.ascontiguousarray(features[:, start: start + self.window_frames])
 
     def windows(self, wave: np.ndarray, max_windows: int = 3) -> np.ndarray:
-        """(k, feature_size, window_frames), k <= max_windows: evenly spaced windows that cover the
-        utterance (one when it fits)."""
+        """(k, feature_size, window_frames), k <= max_windows x len(test_time_speeds): for each test-time speed,
+        evenly spaced windows that cover the utterance (one when it fits)."""
+        return np.concatenate([self._windows_at(change_speed(wave, speed), max_windows)
+                               for speed in self.test_time_speeds])
+
+    def _windows_at(self, wave: np.ndarray, max_windows: int) -> np.ndarray:
         features = self.log_mel(wave)
         frames = features.shape[1]
         count = min(max_windows, math.ceil(frames / self.window_frames))
@@ -416,6 +426,23 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
         features = np.stack([self.fit_window(self.log_mel(_check_wave(w, i))) for i, w in enumerate(waves)])
         features = self.model_inputs(features)[self.model_input_names[0]]
         return BatchFeature({self.model_input_names[0]: features}, tensor_type=return_tensors)
+
+
+def change_speed(wave: np.ndarray, factor: float) -> np.ndarray:
+    """`wave` played `factor` times faster (linear resampling: pitch and tempo together); itself when 1."""
+    if factor == 1.0:
+        return wave
+    n = max(2, int(round(len(wave) / factor)))
+    return np.interp(np.linspace(0, len(wave) - 1, n), np.arange(len(wave)), wave).astype(np.float32)
+
+
+def _check_speeds(speeds) -> tuple:
+    if isinstance(speeds, (int, float)) or not isinstance(speeds, (list, tuple)) or not speeds:
+        raise ValueError(f"test_time_speeds must be a non-empty list of speed factors, got {speeds!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0.5 <= v <= 2.0
+               for v in speeds):
+        raise ValueError(f"test_time_speeds must be numbers in [0.5, 2], got {list(speeds)}")
+    return tuple(float(v) for v in speeds)
 
 
 def _check_wave(wave, index: int) -> np.ndarray:

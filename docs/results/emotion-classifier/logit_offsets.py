@@ -7,7 +7,8 @@ the third). Prints the rule's verdict and the offsets fitted on all folds. Reads
 
 Stop 33 (the replication): `--members 3 --against_members 2` compares the three-seed averages with nested offsets
 against the two-seed averages without any; `--pool out/emotion/cv` fits the final offsets on both
-cross-validations' out-of-fold predictions together.
+cross-validations' out-of-fold predictions together. Stop 34: `--test_time_speeds '[0.9, 1.0, 1.1]'` reads every
+clip at those speeds (tta_speeds.py asks whether to).
 """
 
 import argparse
@@ -45,9 +46,10 @@ def fit_offsets(logp: np.ndarray, labels: np.ndarray, rounds: int = 3) -> np.nda
     return bias
 
 
-def out_of_fold(data_dir: str, work_dir: str, members: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def out_of_fold(data_dir: str, work_dir: str, members: int,
+                test_time_speeds=(1.0,)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(log-probabilities, labels, fold index) of every training-speaker utterance, from its fold's average of
-    the first `members` seeds."""
+    the first `members` seeds (read at `test_time_speeds`, stop 34)."""
     logps, labels, fold_ids = [], [], []
     for k, (fold, runs) in enumerate(sorted(fold_runs(work_dir).items())):
         data = EmotionAudioDataset(data_dir, split="train", max_seconds=30.0, random_crop=False,
@@ -55,6 +57,7 @@ def out_of_fold(data_dir: str, work_dir: str, members: int) -> tuple[np.ndarray,
         items = [data[i] for i in range(len(data))]
         model, extractor = EmotionClassifierEnsemble.from_members(
             [run / "emotion_classifier" for run in runs[:members]])
+        extractor.test_time_speeds = tuple(test_time_speeds)
         probs = predict_emotion(model, extractor, [it["audio"].numpy() for it in items])
         logps.append(torch.log(probs.clamp_min(1e-12)).numpy())
         labels += [int(it["label"]) for it in items]
@@ -73,10 +76,12 @@ def main() -> None:
                              "averages without offsets)")
     parser.add_argument("--pool", default=None,
                         help="another cross-validation's work dir: the final offsets are fitted on both together")
+    parser.add_argument("--test_time_speeds", type=json.loads, default=[1.0],
+                        help="stop 34: read every clip at these speeds (JSON list, e.g. [0.9, 1.0, 1.1])")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    logp, labels, folds = out_of_fold(args.data_dir, args.work_dir, args.members)
+    logp, labels, folds = out_of_fold(args.data_dir, args.work_dir, args.members, args.test_time_speeds)
     baseline = logp if args.against_members is None else out_of_fold(args.data_dir, args.work_dir,
                                                                       args.against_members)[0]
     none = np.zeros(logp.shape[1])
@@ -94,7 +99,7 @@ def main() -> None:
           f"{np.mean([r[1] for r in rows]):.1%} (gain {np.mean(gains):+.1%}; per fold "
           f"{', '.join(f'{g:+.1%}' for g in gains)}); rule: {'adopt' if adopted else 'no offsets'}")
     if args.pool:
-        other, other_labels, _ = out_of_fold(args.data_dir, args.pool, args.members)
+        other, other_labels, _ = out_of_fold(args.data_dir, args.pool, args.members, args.test_time_speeds)
         logp, labels = np.concatenate([logp, other]), np.concatenate([labels, other_labels])
     final = fit_offsets(logp, labels)
     print(f"out-of-fold, all {len(labels)}: {balanced_accuracy(logp, labels, none):.1%} without, "

@@ -53,8 +53,8 @@ from talking_head.constants import EMOTIONS, NUM_EMOTIONS, SAMPLE_RATE
 from talking_head.data.dataset import EmotionAudioDataset
 from talking_head.models.emotion_classifier import (EMOTION_CLASSIFIER_PRESETS, EmotionFeatureExtractor,
                                                     build_emotion_classifier, build_emotion_feature_extractor,
-                                                    load_emotion_classifier, load_emotion_feature_extractor,
-                                                    predict_emotion)
+                                                    change_speed, load_emotion_classifier,
+                                                    load_emotion_feature_extractor, predict_emotion)
 from talking_head.training import (
     JsonlLog, TrainingRun, _write_json_atomic, add_common_args, check_common_args, finish, log_scalars,
     make_accelerator, parse_json_kwargs, resolve_data_dir, save_component_atomic,
@@ -191,8 +191,7 @@ def augment_waveform(wave: np.ndarray, rng: np.random.Generator, args) -> np.nda
     """Gain, speed (resampled: pitch and tempo together), a random equaliser, band-limiting and white noise."""
     if args.aug_speed > 0:
         factor = rng.uniform(1 - args.aug_speed, 1 + args.aug_speed)
-        n = max(2, int(round(len(wave) / factor)))
-        wave = np.interp(np.linspace(0, len(wave) - 1, n), np.arange(len(wave)), wave)
+        wave = change_speed(wave, factor)
     if rng.random() < args.aug_eq_prob:
         spectrum = np.fft.rfft(wave)
         gain_db = random_equaliser_db(np.fft.rfftfreq(len(wave), 1.0 / SAMPLE_RATE), rng)
