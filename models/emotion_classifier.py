@@ -493,9 +493,15 @@ def build_emotion_feature_extractor(model=None, **overrides):
 
 
 def load_emotion_feature_extractor(path: str | os.PathLike, model=None):
-    """The feature extractor saved beside a classifier (preprocessor_config.json), or, when there is none,
+    """The feature extractor saved beside a classifier (preprocessor_config.json); for a pipeline's
+    `emotion_classifier` folder, the pipeline's `feature_extractor` beside it (it can carry settings such as
+    `test_time_speeds` that the classifier's config does not); when there is neither,
     `build_emotion_feature_extractor(model)`."""
     config_file = Path(path) / "preprocessor_config.json"
+    in_pipeline = Path(path).parent / "feature_extractor"
+    if not config_file.is_file() and (Path(path).parent / "model_index.json").is_file() \
+            and (in_pipeline / "preprocessor_config.json").is_file():
+        path, config_file = in_pipeline, in_pipeline / "preprocessor_config.json"
     if not config_file.is_file():
         return build_emotion_feature_extractor(model)
     kind = json.loads(config_file.read_text()).get("feature_extractor_type")

@@ -18,6 +18,7 @@ from talking_head.models.emotion_classifier import (
     EmotionFeatureExtractor,
     build_emotion_classifier,
     build_emotion_feature_extractor,
+    change_speed,
     emotion_classifier_config,
     load_emotion_classifier,
     load_emotion_feature_extractor,
@@ -125,6 +126,35 @@ def test_ten_minutes_are_scored_on_a_bounded_number_of_windows(model, extractor,
     assert time.perf_counter() - started < 30  # generous: it is a handful of windows, not 10 minutes of them
     assert torch.isfinite(probs).all()
     assert 1 <= sum(seen) <= 8 * 3
+
+
+def test_test_time_speeds_average_the_clip_read_at_each_speed(model, extractor, tmp_path):
+    """`test_time_speeds`: predict_emotion averages the windows of the clip resampled to each speed; the setting
+    survives save / load, and a bad one is refused by name."""
+    wave = voice_like(0.8, seed=11)  # under the tiny preset's 1 s window at every speed
+    assert change_speed(wave, 1.0) is wave and len(change_speed(wave, 1.25)) == round(len(wave) / 1.25)
+    reader = build_emotion_feature_extractor(model, test_time_speeds=[0.9, 1.0, 1.1])
+    windows = reader.windows(wave)
+    assert windows.shape[0] == 3  # one window per speed
+    np.testing.assert_allclose(windows[1], extractor.windows(wave)[0])
+    np.testing.assert_allclose(windows[2], extractor.windows(change_speed(wave, 1.1))[0])
+    with torch.no_grad():
+        logits = model(**extractor.model_inputs(torch.from_numpy(windows))).logits.double().mean(0)
+    torch.testing.assert_close(predict_emotion(model, reader, [wave])[0], torch.softmax(logits, -1).float())
+    # A long clip: at most 3 windows per piece and speed, so still a bounded number.
+    assert reader.windows(voice_like(20.0, seed=12), max_windows=3).shape[0] <= 9
+    reader.save_pretrained(tmp_path)
+    assert load_emotion_feature_extractor(tmp_path, model).test_time_speeds == (0.9, 1.0, 1.1)
+    # A pipeline keeps the extractor in its own folder: the classifier's folder then reads that one.
+    model.save_pretrained(tmp_path / "pipe" / "emotion_classifier")
+    reader.save_pretrained(tmp_path / "pipe" / "feature_extractor")
+    assert load_emotion_feature_extractor(tmp_path / "pipe" / "emotion_classifier", model).test_time_speeds == (1.0,)
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    assert load_emotion_feature_extractor(tmp_path / "pipe" / "emotion_classifier", model).test_time_speeds == (
+        0.9, 1.0, 1.1)
+    for bad in ([], 1.0, [0.9, float("nan")], [3.0], [True]):
+        with pytest.raises(ValueError, match="test_time_speeds"):
+            EmotionFeatureExtractor(test_time_speeds=bad)
 
 
 def test_extractor_must_fit_the_model(model):

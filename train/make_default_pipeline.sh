@@ -55,8 +55,8 @@ mkdir -p "$WORK"
 #     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion
 #     classifier: three runs of one recipe (a log-mel CNN, 3000 updates, the last weights) on RAVDESS actors 01-12,
 #     seeds 0, 1 and 2, averaged into one model with per-class logit offsets (docs/results/emotion-classifier/,
-#     stops 32-33: the average and the offsets chosen by cross-validation over those speakers, the offsets fitted on
-#     its out-of-fold predictions; ~25 min each). One thread each, all four at once.
+#     stops 32-34: the average, the offsets and reading each clip at three speeds chosen by cross-validation over
+#     those speakers, the offsets fitted on its out-of-fold predictions; ~25 min each). One thread each, all four at once.
 [ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
         --output_dir "$WORK/landmarks_emotion" --seed 1 --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
@@ -81,11 +81,12 @@ done
 for job in "${jobs_2b[@]}"; do
     wait "$job"  # each job's own status (a bare `wait` returns 0), so a failed run stops the script here
 done
-# The offsets (neutral, angry, contempt, disgusted, fear, happy, sad, surprised) are logit_offsets.py's fit on the two
-# cross-validations' out-of-fold predictions (docs/results/emotion-classifier/cv/replication_offsets.json).
+# Every clip is read at speeds 0.9, 1.0 and 1.1 (stop 34); the offsets (neutral, angry, contempt, disgusted, fear,
+# happy, sad, surprised) are logit_offsets.py's fit on the two cross-validations' out-of-fold predictions read the
+# same way (docs/results/emotion-classifier/cv/tta_offsets.json).
 $PY train/ensemble_emotion.py "$WORK/emotion/all_s0/emotion_classifier" "$WORK/emotion/all_s1/emotion_classifier" \
-    "$WORK/emotion/all_s2/emotion_classifier" --logit_offsets "[1.0, -0.3, 0.0, 0.4, 0.2, -0.1, -0.5, -0.2]" \
-    --output_dir "$WORK/emotion/averaged"
+    "$WORK/emotion/all_s2/emotion_classifier" --logit_offsets "[1.0, -0.4, 0.0, 0.2, 0.0, -0.1, -0.2, -0.1]" \
+    --test_time_speeds "[0.9, 1.0, 1.1]" --output_dir "$WORK/emotion/averaged"
 
 # 2c. The lower-face renderer (DESIGN 7.2): tiny UNet on a 64² mouth box around jaw 4-12, the nose base and the mouth
 #     (docs/results/lower-face-renderer/: attempt r2), the trainer's defaults otherwise (region mask, mouth-contrast
