@@ -584,8 +584,8 @@ def predict_emotion(model: PreTrainedModel, feature_extractor, waveforms, window
             (16 kHz); lengths may differ.
         window_seconds: a clip longer than this is scored on at most `max_windows` evenly spaced pieces of
             this length, and their logits averaged, so time and memory are bounded whatever the length
-            (default: 2 x the log-mel window, i.e. 6 s, each piece giving up to 3 windows; 10 s for a
-            waveform model).
+            (default: 2 x the log-mel window, i.e. 6 s, each piece giving up to 3 windows per test-time
+            speed of the feature extractor; 10 s for a waveform model).
         batch_size: at most this many windows per forward pass.
         max_windows: pieces scored per clip at most.
 
