@@ -392,6 +392,10 @@ class EmotionFeatureExtractor(SequenceFeatureExtractor):
             raise ValueError(f"start {start} outside [0, {frames - self.window_frames}]")
         return np.ascontiguousarray(features[:, start: start + self.window_frames])
 
+    def with_test_time_speeds(self, speeds) -> "EmotionFeatureExtractor":
+        """A copy of this extractor that reads every clip at `speeds` (checked as in `__init__`)."""
+        return type(self)(**{**self.to_dict(), "test_time_speeds": speeds})
+
     def windows(self, wave: np.ndarray, max_windows: int = 3) -> np.ndarray:
         """(k, feature_size, window_frames), k <= max_windows x len(test_time_speeds): for each test-time speed,
         evenly spaced windows that cover the utterance (one when it fits)."""

@@ -134,6 +134,7 @@ def test_test_time_speeds_average_the_clip_read_at_each_speed(model, extractor, 
     wave = voice_like(0.8, seed=11)  # under the tiny preset's 1 s window at every speed
     assert change_speed(wave, 1.0) is wave and len(change_speed(wave, 1.25)) == round(len(wave) / 1.25)
     reader = build_emotion_feature_extractor(model, test_time_speeds=[0.9, 1.0, 1.1])
+    assert extractor.with_test_time_speeds([0.9, 1.0, 1.1]).to_dict() == reader.to_dict()
     windows = reader.windows(wave)
     assert windows.shape[0] == 3  # one window per speed
     np.testing.assert_allclose(windows[1], extractor.windows(wave)[0])

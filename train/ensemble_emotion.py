@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     try:
         ensemble, extractor = EmotionClassifierEnsemble.from_members(args.members, logit_offsets=args.logit_offsets)
         if args.test_time_speeds is not None:
-            extractor = type(extractor)(**{**extractor.to_dict(), "test_time_speeds": args.test_time_speeds})
+            extractor = extractor.with_test_time_speeds(args.test_time_speeds)
     except (TypeError, ValueError) as error:
         parser.error(str(error))
     path = save_component_atomic(ensemble, args.output_dir, extras=[extractor])

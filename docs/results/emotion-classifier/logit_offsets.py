@@ -46,6 +46,17 @@ def fit_offsets(logp: np.ndarray, labels: np.ndarray, rounds: int = 3) -> np.nda
     return bias
 
 
+def nested_offsets(logp: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Nested cross-validation: for each fold, the offsets fitted on the other folds; and every utterance's
+    prediction with its own fold's offsets."""
+    biases, pred = [], np.zeros(len(labels), dtype=int)
+    for k in np.unique(folds):
+        train, held = folds != k, folds == k
+        biases.append(fit_offsets(logp[train], labels[train]))
+        pred[held] = (logp[held] + biases[-1]).argmax(1)
+    return biases, pred
+
+
 def out_of_fold(data_dir: str, work_dir: str, members: int,
                 test_time_speeds=(1.0,)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(log-probabilities, labels, fold index) of every training-speaker utterance, from its fold's average of
@@ -57,7 +68,7 @@ def out_of_fold(data_dir: str, work_dir: str, members: int,
         items = [data[i] for i in range(len(data))]
         model, extractor = EmotionClassifierEnsemble.from_members(
             [run / "emotion_classifier" for run in runs[:members]])
-        extractor.test_time_speeds = tuple(test_time_speeds)
+        extractor = extractor.with_test_time_speeds(list(test_time_speeds))
         probs = predict_emotion(model, extractor, [it["audio"].numpy() for it in items])
         logps.append(torch.log(probs.clamp_min(1e-12)).numpy())
         labels += [int(it["label"]) for it in items]
@@ -86,9 +97,8 @@ def main() -> None:
                                                                       args.against_members)[0]
     none = np.zeros(logp.shape[1])
     rows = []
-    for k in np.unique(folds):
-        train, held = folds != k, folds == k
-        bias = fit_offsets(logp[train], labels[train])
+    for k, bias in zip(np.unique(folds), nested_offsets(logp, labels, folds)[0]):
+        held = folds == k
         rows.append((balanced_accuracy(baseline[held], labels[held], none),
                      balanced_accuracy(logp[held], labels[held], bias), bias))
         print(f"fold {k}: without offsets {rows[-1][0]:.1%}, with offsets fitted on the other folds {rows[-1][1]:.1%} "

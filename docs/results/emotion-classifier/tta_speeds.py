@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from logit_offsets import balanced_accuracy, fit_offsets, out_of_fold  # beside this script
+from logit_offsets import balanced_accuracy, nested_offsets, out_of_fold  # beside this script
 
 from talking_head.constants import EMOTIONS
 
@@ -28,13 +28,9 @@ SPEEDS = (0.9, 1.0, 1.1)
 
 def nested(logp: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> tuple[list[float], np.ndarray]:
     """Balanced accuracy of each fold with offsets fitted on the other folds; and the pooled predictions."""
-    scores, pred = [], np.zeros(len(labels), dtype=int)
-    for k in np.unique(folds):
-        train, held = folds != k, folds == k
-        bias = fit_offsets(logp[train], labels[train])
-        scores.append(balanced_accuracy(logp[held], labels[held], bias))
-        pred[held] = (logp[held] + bias).argmax(1)
-    return scores, pred
+    biases, pred = nested_offsets(logp, labels, folds)
+    return [balanced_accuracy(logp[folds == k], labels[folds == k], bias)
+            for k, bias in zip(np.unique(folds), biases)], pred
 
 
 def recall(pred: np.ndarray, labels: np.ndarray) -> str:
