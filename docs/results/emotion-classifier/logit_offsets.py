@@ -57,10 +57,11 @@ def nested_offsets(logp: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> t
     return biases, pred
 
 
-def out_of_fold(data_dir: str, work_dir: str, members: int,
-                test_time_speeds=(1.0,)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def out_of_fold(data_dir: str, work_dir: str, members: int, test_time_speeds=(1.0,),
+                prepare=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(log-probabilities, labels, fold index) of every training-speaker utterance, from its fold's average of
-    the first `members` seeds (read at `test_time_speeds`, stop 34)."""
+    the first `members` seeds (read at `test_time_speeds`, stop 34). `prepare(model, extractor, held_out_speakers)`,
+    if given, returns the model to score with instead (stop 35: batch norms re-estimated)."""
     logps, labels, fold_ids = [], [], []
     for k, (fold, runs) in enumerate(sorted(fold_runs(work_dir).items())):
         data = EmotionAudioDataset(data_dir, split="train", max_seconds=30.0, random_crop=False,
@@ -69,6 +70,8 @@ def out_of_fold(data_dir: str, work_dir: str, members: int,
         model, extractor = EmotionClassifierEnsemble.from_members(
             [run / "emotion_classifier" for run in runs[:members]])
         extractor = extractor.with_test_time_speeds(list(test_time_speeds))
+        if prepare is not None:
+            model = prepare(model, extractor, fold_speakers(runs[0].name))
         probs = predict_emotion(model, extractor, [it["audio"].numpy() for it in items])
         logps.append(torch.log(probs.clamp_min(1e-12)).numpy())
         labels += [int(it["label"]) for it in items]
