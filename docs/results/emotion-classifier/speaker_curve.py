@@ -54,7 +54,7 @@ def plot(rows: list[dict], fits: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    grid = np.geomspace(3, 200, 100)
+    grid = np.geomspace(4, 12, 50)  # the measured range only: no extrapolation drawn
     for key, colour, label in (("ravdess", "tab:blue", "RAVDESS actors 13-16 (7 classes)"),
                                ("cremad", "tab:red", "CREMA-D cross-corpus (6 classes)")):
         x = np.array([r["speakers"] for r in rows])
@@ -66,12 +66,13 @@ def plot(rows: list[dict], fits: dict, path: str) -> None:
         ax.plot([], [], color=colour, label=f"{label}: {100 * b:+.1f} points per doubling")
         ax.axhline(100 * GOALS[key], color=colour, lw=0.8, ls=":")
     ax.set_xscale("log", base=2)
-    ax.set_xticks([4, 8, 12, 24, 48, 96, 192], labels=["4", "8", "12", "24", "48", "96", "192"])
+    ax.set_xlim(3.3, 15)
+    ax.set_xticks([4, 8, 12], labels=["4", "8", "12"])
     ax.set_xlabel("training speakers (RAVDESS actors; each run alone, one speed, no offsets)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("The classifier's recipe against the number of training speakers\n(dotted: the goals; dashed: a line "
-                 "in log2(speakers) through every run)", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+                 "in log2(speakers) through every run, over the measured range)", fontsize=9)
+    ax.legend(fontsize=8, loc="center right", framealpha=0.9)
     fig.tight_layout()
     tmp = Path(path).with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=120)
