@@ -73,3 +73,17 @@ def tiny_dpm_pipe():
     p.scheduler = scheduler_from_name("dpm", p.scheduler)
     p.set_progress_bar_config(disable=True)
     return p
+
+
+# A wav2vec 2.0 small enough to build in milliseconds (the pretrained-encoder code paths' tests).
+TINY_WAV2VEC2 = dict(
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    conv_dim=(16, 16, 16),
+    conv_kernel=(10, 8, 4),
+    conv_stride=(5, 4, 4),
+    num_conv_pos_embeddings=8,
+    num_conv_pos_embedding_groups=2,
+)

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_face_landmarks, voice_like
+from conftest import TINY_WAV2VEC2, synthetic_face_landmarks, voice_like
 
 from talking_head.constants import MOUTH_SLICE, NUM_EMOTIONS
 from talking_head.models.kfusion_landmarks import KFusionLandmarkModel, KFusionLandmarkOutput, landmark_loss
@@ -27,17 +27,6 @@ TINY = dict(
     num_temporal_blocks=1,
     kan_hidden_dims=(8,),
     kan_grid=3,
-)
-TINY_WAV2VEC2 = dict(
-    hidden_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=32,
-    conv_dim=(16, 16, 16),
-    conv_kernel=(10, 8, 4),
-    conv_stride=(5, 4, 4),
-    num_conv_pos_embeddings=8,
-    num_conv_pos_embedding_groups=2,
 )
 
 

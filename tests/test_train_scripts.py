@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, synthetic_face_landmarks, voice_like
+from conftest import REPO, TINY_WAV2VEC2, synthetic_face_landmarks, voice_like
 
 TRAIN = REPO / "train"
 VENV_BIN = Path(sys.executable).parent
@@ -86,6 +86,38 @@ def test_landmark_and_emotion_trainers_save_loadable_components(components):
     assert classifier.config.id2label[5] == "happy"
     assert (emotion / "emotion_classifier" / "preprocessor_config.json").is_file()
     assert any("val/accuracy" in m for m in read_jsonl(emotion / "metrics.jsonl"))
+
+
+def test_both_audio_trainers_start_from_a_local_pretrained_wav2vec2(tmp_path, video_data, components):
+    """The route to pretrained speech features (a wav2vec 2.0 checkpoint in a local folder; nothing downloaded):
+    the emotion trainer fine-tunes it as a classifier with a fresh 8-way head, the landmark trainer reads it as
+    the frozen Context domain; both save models that still hold the checkpoint's frozen weights."""
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from talking_head.models.emotion_classifier import load_emotion_classifier
+    from talking_head.models.kfusion_landmarks import KFusionLandmarkModel
+
+    torch.manual_seed(0)
+    backbone = Wav2Vec2Model(Wav2Vec2Config(**TINY_WAV2VEC2))
+    backbone.save_pretrained(tmp_path / "w2v")
+    frozen = {k: v for k, v in backbone.state_dict().items() if k.startswith("feature_extractor.")}
+
+    run_script("train_emotion.py", "--data_dir", components / "emotion_data", "--output_dir", tmp_path / "emotion",
+               "--pretrained_model", tmp_path / "w2v", "--freeze_feature_encoder", "--train_batch_size", "4",
+               "--max_train_steps", "2", "--checkpointing_steps", "2", "--validation_steps", "0", "--report_to", "none")
+    classifier = load_emotion_classifier(tmp_path / "emotion" / "emotion_classifier")
+    assert classifier.config.model_type == "wav2vec2" and classifier.config.id2label[5] == "happy"
+    state = classifier.wav2vec2.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+
+    run_script("train_landmarks.py", "--data_dir", video_data, "--output_dir", tmp_path / "landmarks",
+               "--wav2vec2_model", tmp_path / "w2v", "--preset", "tiny", "--clip_frames", "8", "--train_batch_size",
+               "2", "--max_train_steps", "2", "--checkpointing_steps", "100", "--validation_clips", "0",
+               "--report_to", "none")
+    model = KFusionLandmarkModel.from_pretrained(tmp_path / "landmarks" / "landmark_model")
+    assert model.config.context_encoder == "wav2vec2"
+    state = model.context_frontend.wav2vec2.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in backbone.state_dict().items())
 
 
 def test_diffusion_survives_sigkill_resumes_exactly_and_saves_a_pipeline(tmp_path, video_data, components):
