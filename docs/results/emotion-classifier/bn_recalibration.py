@@ -30,7 +30,8 @@ def recalibrator(data_dir: str):
     def prepare(model, extractor, held_out):
         speakers = [s for s in TRAINING_SPEAKERS if s not in held_out]
         data = EmotionAudioDataset(data_dir, split="train", max_seconds=30.0, random_crop=False, speakers=speakers)
-        return adapt_batchnorm(model, extractor, [data[i]["audio"].numpy() for i in range(len(data))])
+        return adapt_batchnorm(model, extractor, np.concatenate([extractor.windows(data[i]["audio"].numpy())
+                                                                 for i in range(len(data))]))
     return prepare
 
 

@@ -36,15 +36,15 @@ def waves(root: str, split: str | None) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 @torch.no_grad()
-def adapt_batchnorm(model, extractor, audio: list[np.ndarray], batch_size: int = 32):
-    """A copy of `model` whose BatchNorm running statistics are the plain average over `audio`'s windows."""
+def adapt_batchnorm(model, extractor, windows: np.ndarray, batch_size: int = 32):
+    """A copy of `model` whose BatchNorm running statistics are the plain average over `windows` (the extractor's
+    `windows` of the audio to adapt to, concatenated)."""
     model = copy.deepcopy(model).eval()
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over every batch
         m.train()
-    windows = np.concatenate([extractor.windows(w) for w in audio])
     order = np.random.default_rng(0).permutation(len(windows))
     for start in range(0, len(windows), batch_size):
         batch = torch.from_numpy(windows[order[start:start + batch_size]]).float()
@@ -72,11 +72,14 @@ def main() -> None:
                "cremad_train": sets["cremad_train"][0]}
     sources["mix"] = sources["ravdess"] + sources["cremad_train"]
     probs = {name: {k: [] for k in sets} for name in sources}
+    windows = None  # each source's windows, read once (the members share one feature extractor)
     for folder in args.members:
         model = load_emotion_classifier(Path(folder) / "emotion_classifier")
         extractor = load_emotion_feature_extractor(Path(folder) / "emotion_classifier", model)
+        windows = windows or {name: np.concatenate([extractor.windows(w) for w in audio])
+                              for name, audio in sources.items() if audio is not None}
         for name, audio in sources.items():
-            adapted = model if audio is None else adapt_batchnorm(model, extractor, audio)
+            adapted = model if audio is None else adapt_batchnorm(model, extractor, windows[name])
             for key, (test_audio, _) in sets.items():
                 probs[name][key].append(predict_emotion(adapted, extractor, test_audio).numpy())
     rows = []
