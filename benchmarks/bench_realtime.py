@@ -45,6 +45,22 @@ class Stopwatch:
 
         return timed
 
+    def wrap_generator(self, stage: str, fn):
+        """A generator function whose time inside each `next` adds up to `stage`."""
+        def timed(*args, **kwargs):
+            items = fn(*args, **kwargs)
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                finally:
+                    self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+                yield item
+
+        return timed
+
 
 def run_one(seconds: float, threads: int, steps: int, sampler: str, pipeline: str, dtype: str = "float32") -> dict:
     import numpy as np
@@ -73,7 +89,10 @@ def run_one(seconds: float, threads: int, steps: int, sampler: str, pipeline: st
     watch = Stopwatch()
     module.load_audio = watch.wrap("audio decoding", module.load_audio)
     pipe.prepare_identity = watch.wrap("face detection + crop", pipe.prepare_identity)
-    pipe.predict_landmarks = watch.wrap("landmark model", pipe.predict_landmarks)
+    # The landmark model runs chunk by chunk as the renderer asks for frames: its time is inside "renderer (all)".
+    pipe.landmark_chunks = watch.wrap_generator("landmark model", pipe.landmark_chunks)
+    if getattr(pipe, "audio_encoder", None) is not None:  # inside the landmark chunks: reported on its own
+        pipe.audio_encoder.encode = watch.wrap("audio encoder (Whisper)", pipe.audio_encoder.encode)
     pipe.unet.forward = watch.wrap("UNet", pipe.unet.forward)
     from talking_head.mouth_box import BoxTrack
 
@@ -99,8 +118,10 @@ def run_one(seconds: float, threads: int, steps: int, sampler: str, pipeline: st
     frames = out.landmarks.shape[1]
     stages = dict(watch.seconds)
     # Nested stages: the renderer's own share excludes the UNet, compositing and (inside the callback) encoding.
-    inner = sum(stages.get(k, 0.0) for k in ("UNet", "compositing", "H.264 encoding"))
+    inner = sum(stages.get(k, 0.0) for k in ("UNet", "compositing", "H.264 encoding", "landmark model"))
     stages["renderer (boxes, masks, scheduler)"] = max(0.0, stages.pop("renderer (all)", 0.0) - inner)
+    # The encoder runs inside the landmark chunks: the landmark model's own share excludes it.
+    stages["landmark model"] = max(0.0, stages.get("landmark model", 0.0) - stages.get("audio encoder (Whisper)", 0.0))
     stages["other"] = max(0.0, wall - sum(stages.values()))
     result = {"seconds": seconds, "threads": threads, "steps": steps, "sampler": sampler, "dtype": dtype,
               "frames": frames,

@@ -3,7 +3,8 @@
 
 Paper: "KAN-based Fusion of Dual-Domain for Audio-Driven Facial Landmarks
 Generation" (arXiv 2409.05330). See DESIGN.md section 2.2 for where this
-implementation departs from the authors' released code and why.
+implementation departs from the authors' released code and why. The audio front
+ends and building blocks are in kfusion_frontends.py, the loss in kfusion_loss.py.
 
 Data flow for a batch of B clips of F video frames:
 
@@ -14,7 +15,8 @@ Data flow for a batch of B clips of F video frames:
        │   `global_window_length` samples ─► 1-D conv ─► + log-energy
        │   ─► temporal convs over frames                      ─► (B, F, Cg)
        │
-       └─► Context domain: log-mel (25 ms / 10 ms hop) or a wav2vec2 model
+       └─► Context domain: log-mel (25 ms / 10 ms hop), a wav2vec2 model, or the
+           pipeline's Whisper `audio_encoder` states (`context_states`, 20 ms)
            ─► temporal convs at the feature rate ─► interpolated to the
            video frame centres                                 ─► (B, F, Cc)
 
@@ -57,10 +59,22 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput, logging
 from kan import KAN
-from transformers import Wav2Vec2Config, Wav2Vec2Model
-from transformers.audio_utils import mel_filter_bank
+from transformers import Wav2Vec2Model
 
-from talking_head.constants import EMOTIONS, MOUTH_SLICE, NUM_EMOTIONS, NUM_LANDMARKS, SAMPLE_RATE
+from talking_head.constants import EMOTIONS, NUM_EMOTIONS, NUM_LANDMARKS, SAMPLE_RATE
+from talking_head.models.kfusion_frontends import (
+    WAV2VEC2_META_KEYS,
+    BandConvStem,
+    EncoderStatesFrontend,
+    LogMelFrontend,
+    TemporalConvBlock,
+    Wav2Vec2Frontend,
+    WindowEncoder,
+    active_rms,
+    sample_at_frames,
+    wav2vec2_config_from_dict,
+)
+from talking_head.models.kfusion_loss import landmark_loss
 
 logger = logging.get_logger(__name__)
 
@@ -69,9 +83,6 @@ __all__ = ["KFusionLandmarkModel", "KFusionLandmarkOutput", "landmark_loss"]
 # Face width (jaw ends 0-16) of a face in a prepared face crop, in crop units (measured: 0.46-0.52 on the dev
 # identity and GRID); identity_frame="face" scales its displacements by the identity's width over this.
 _FACE_WIDTH_IN_CROP = 0.5
-
-# Keys of a transformers config dict that describe where it came from, not the architecture.
-_WAV2VEC2_META_KEYS = ("transformers_version", "architectures", "_name_or_path", "model_type", "torch_dtype", "dtype")
 
 
 @dataclass
@@ -86,239 +97,6 @@ class KFusionLandmarkOutput(BaseOutput):
 
     landmarks: torch.Tensor
     displacements: torch.Tensor
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Small building blocks
-# ----------------------------------------------------------------------------------------------------------------
-
-
-class _TemporalConvBlock(nn.Module):
-    """Pre-norm residual 1-D convolution over time: (B, T, C) -> (B, T, C).
-
-    Convolutions rather than attention: they are local, so a model trained on
-    short clips behaves the same on minutes of audio, and need no positions.
-    """
-
-    def __init__(self, channels: int, kernel_size: int, dropout: float, dilation: int = 1):
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-        self.conv = nn.Conv1d(channels, channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation)
-        self.proj = nn.Linear(channels, channels)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv(self.norm(x).transpose(1, 2)).transpose(1, 2)
-        return x + self.dropout(self.proj(F.gelu(h)))
-
-
-class _WindowEncoder(nn.Module):
-    """Raw-waveform window (N, L) -> feature (N, C).
-
-    No normalisation layer: loudness is the signal this domain exists to read,
-    and a norm layer would divide the amplitude away.
-    """
-
-    def __init__(self, channels: int):
-        super().__init__()
-        hidden = channels // 2
-        self.convs = nn.Sequential(
-            nn.Conv1d(1, hidden, kernel_size=10, stride=5),
-            nn.GELU(),
-            nn.Conv1d(hidden, channels, kernel_size=8, stride=4),
-            nn.GELU(),
-            nn.Conv1d(channels, channels, kernel_size=4, stride=2),
-            nn.GELU(),
-            # A fixed number of positions keeps where in the window things happen.
-            nn.AdaptiveAvgPool1d(6),
-        )
-        self.out = nn.Linear(channels * 6, channels)
-
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        return self.out(self.convs(windows.unsqueeze(1)).flatten(1))
-
-
-class _BandConvStem(nn.Module):
-    """Log-mel features (B, T, k * n_mels) -> (B, T, channels * ceil(n_mels / 4)): two 3x3 convolutions over
-    (time, mel band), each halving the bands, before the Context domain's projection.
-
-    The same filters read every band, so a voice whose formants sit a few bands higher or lower moves a
-    pattern rather than meeting other weights (the lever that took the emotion classifier from 50 % to 59 %
-    on unseen speakers). Stride 1 and centred kernels over time keep every step where it was.
-    """
-
-    def __init__(self, in_channels: int, channels: int, n_mels: int):
-        super().__init__()
-        self.in_channels, self.n_mels = in_channels, n_mels
-        self.convs = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 3, stride=(1, 2), padding=1), nn.GELU(),
-            nn.Conv2d(channels, channels, 3, stride=(1, 2), padding=1), nn.GELU(),
-        )
-        self.output_dim = channels * math.ceil(math.ceil(n_mels / 2) / 2)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        batch, steps, _ = features.shape
-        # [log-mel, delta, delta2] along the last axis -> (B, k, T, n_mels): the three as image channels.
-        x = features.reshape(batch, steps, self.in_channels, self.n_mels).permute(0, 2, 1, 3)
-        return self.convs(x).permute(0, 2, 1, 3).flatten(2)
-
-
-class _LogMelFrontend(nn.Module):
-    """Waveform (B, S) -> log-mel (B, T, n_mels), 25 ms windows every 10 ms.
-
-    Needs no pretrained weights, which makes it the working default here.
-    torch.stft + a mel filterbank instead of torchaudio (see DESIGN.md 6).
-    """
-
-    def __init__(self, sample_rate: int, n_mels: int, deltas: bool = False, max_frequency: float | None = None,
-                 band_mean: bool = False):
-        super().__init__()
-        self.deltas = bool(deltas)
-        self.band_mean = bool(band_mean)
-        self.n_fft = int(round(0.025 * sample_rate))
-        self.hop_length = int(round(0.010 * sample_rate))
-        filters = mel_filter_bank(
-            num_frequency_bins=self.n_fft // 2 + 1,
-            num_mel_filters=n_mels,
-            min_frequency=0.0,
-            max_frequency=sample_rate / 2 if max_frequency is None else float(max_frequency),
-            sampling_rate=sample_rate,
-            norm="slaney",
-            mel_scale="slaney",
-        )
-        # Derived from the config, so not saved in the checkpoint.
-        self.register_buffer("mel_filters", torch.from_numpy(filters).float(), persistent=False)
-        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-        self.output_dim = n_mels * (3 if self.deltas else 1)
-        self.first_time = 0.0  # with center=True, frame t is centred on sample t * hop_length
-        self.time_step = self.hop_length / sample_rate
-        # Training-time vocal-tract length perturbation (set by train_landmarks.py --aug_freq_warp, not saved):
-        # in train mode each clip's spectrum is read at frequencies scaled by a random factor in 1 +- this.
-        self.freq_warp = 0.0
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        # Zero ("constant") padding at the ends: reflection fails on clips shorter than half a window.
-        spec = torch.stft(
-            waveform,
-            self.n_fft,
-            self.hop_length,
-            window=self.window,
-            center=True,
-            pad_mode="constant",
-            return_complex=True,
-        )
-        power = spec.abs() ** 2
-        if self.training and self.freq_warp > 0:
-            power = _warp_frequencies(power, 1.0 + self.freq_warp * (2 * torch.rand(power.shape[0]) - 1))
-        mel = power.transpose(1, 2) @ self.mel_filters  # (B, T, n_mels)
-        log_mel = torch.log10(mel.clamp_min(1e-10))
-        # Whisper's scaling: 80 dB dynamic range below each clip's peak, roughly in [-1, 1].
-        log_mel = torch.maximum(log_mel, log_mel.amax(dim=(1, 2), keepdim=True) - 8.0)
-        log_mel = (log_mel + 4.0) / 4.0
-        if self.band_mean:
-            log_mel = log_mel - _active_band_mean(mel, log_mel)
-        if not self.deltas:
-            return log_mel
-        delta = _deltas(log_mel)
-        return torch.cat([log_mel, delta, _deltas(delta)], dim=-1)
-
-
-def _warp_frequencies(power: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Power spectra (B, bins, T) as another vocal tract would give them: bin k of item b takes the input's
-    value at k / factors[b] (formants and pitch scaled by the factor, timing kept), linearly interpolated."""
-    bins = power.shape[1]
-    source = torch.arange(bins, dtype=power.dtype, device=power.device)[None] / factors.to(power)[:, None]
-    left = source.clamp(0, bins - 1).floor().long().clamp(max=bins - 2)  # (B, bins)
-    weight = (source.clamp(0, bins - 1) - left)[..., None]
-    pairs = torch.gather(power, 1, torch.cat([left, left + 1], dim=1)[..., None].expand(-1, -1, power.shape[2]))
-    return pairs[:, :bins] * (1 - weight) + pairs[:, bins:] * weight
-
-
-def _active(energy: torch.Tensor, below_peak_db: float = 30.0) -> torch.Tensor:
-    """(B, N) energies -> bool (B, N): the steps within `below_peak_db` of each item's loudest (the speech, not
-    the silence around it)."""
-    return energy >= energy.amax(dim=1, keepdim=True) * 10.0 ** (-below_peak_db / 10.0)
-
-
-def _active_band_mean(mel: torch.Tensor, log_mel: torch.Tensor) -> torch.Tensor:
-    """(B, 1, n_mels): each band's mean log-mel over the active steps: the voice's and the microphone's average
-    spectrum, which says who and where, not what is said. Silence is left out so the mean does not depend on
-    how much of it surrounds the speech."""
-    active = _active(mel.sum(-1)).to(log_mel.dtype)[..., None]  # (B, T, 1)
-    return (log_mel * active).sum(1, keepdim=True) / active.sum(1, keepdim=True).clamp_min(1.0)
-
-
-def _deltas(features: torch.Tensor, width: int = 2) -> torch.Tensor:
-    """Regression deltas over time of (B, T, C), HTK's formula with N = `width` steps on each side (edges
-    repeated): sum_n n (c[t+n] - c[t-n]) / (2 sum_n n^2)."""
-    steps = features.shape[1]
-    padded = torch.cat([features[:, :1].expand(-1, width, -1), features,
-                        features[:, -1:].expand(-1, width, -1)], dim=1)
-    out = torch.zeros_like(features)
-    for n in range(1, width + 1):
-        out = out + n * (padded[:, width + n: width + n + steps] - padded[:, width - n: width - n + steps])
-    return out / (2 * sum(n * n for n in range(1, width + 1)))
-
-
-class _Wav2Vec2Frontend(nn.Module):
-    """Waveform (B, S) -> wav2vec 2.0 features (B, T, hidden), ~20 ms per step.
-
-    The transformers model is a submodule, so its weights are part of this
-    model's state dict and checkpoint.
-    """
-
-    def __init__(self, config: Wav2Vec2Config, freeze: bool):
-        super().__init__()
-        self.wav2vec2 = Wav2Vec2Model(config)
-        self.freeze = freeze
-        if freeze:
-            self.wav2vec2.requires_grad_(False)
-        stride, receptive_field = 1, 1
-        for kernel, step in zip(config.conv_kernel, config.conv_stride):
-            receptive_field += (kernel - 1) * stride
-            stride *= step
-        self.receptive_field = receptive_field
-        self.output_dim = config.hidden_size
-        sample_rate = SAMPLE_RATE  # wav2vec 2.0 models are 16 kHz models
-        self.first_time = (receptive_field - 1) / 2 / sample_rate  # centre of the first feature's samples
-        self.time_step = stride / sample_rate
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        # What Wav2Vec2FeatureExtractor(do_normalize=True) does: zero mean, unit variance per clip.
-        mean = waveform.mean(dim=1, keepdim=True)
-        std = waveform.var(dim=1, keepdim=True, unbiased=False).add(1e-7).sqrt()
-        waveform = (waveform - mean) / std
-        if waveform.shape[1] < self.receptive_field:  # very short clips: give the conv stack one step
-            waveform = F.pad(waveform, (0, self.receptive_field - waveform.shape[1]))
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            return self.wav2vec2(waveform).last_hidden_state
-
-
-def _active_rms(waveform: torch.Tensor, block: int, below_peak_db: float = 30.0) -> torch.Tensor:
-    """(B, S) -> (B, 1): RMS over the `block`-sample blocks whose energy is within `below_peak_db` of the
-    loudest block (the speech level, not diluted by the silence around it); 0 for all-zero audio."""
-    batch, samples = waveform.shape
-    blocks = max(1, math.ceil(samples / block))
-    padded = F.pad(waveform, (0, blocks * block - samples))
-    energy = padded.reshape(batch, blocks, block).pow(2).sum(-1)
-    counts = torch.full((blocks,), float(block), device=waveform.device)
-    counts[-1] = samples - (blocks - 1) * block
-    energy = energy / counts  # mean square per block
-    active = _active(energy, below_peak_db)
-    mean_square = (energy * active).sum(1, keepdim=True) / active.sum(1, keepdim=True).clamp_min(1)
-    return mean_square.sqrt()
-
-
-def _sample_at_frames(features: torch.Tensor, first_time: float, time_step: float, num_frames: int, fps: float):
-    """Linearly interpolate features (B, T, C), step t centred at first_time + t * time_step
-    seconds, at the video frame centres (f + 0.5) / fps -> (B, F, C). Any fps, any length."""
-    steps = features.shape[1]
-    times = (torch.arange(num_frames, device=features.device, dtype=torch.float64) + 0.5) / fps
-    position = ((times - first_time) / time_step).clamp(0, steps - 1)
-    lower = position.floor().long().clamp(max=steps - 1)
-    upper = (lower + 1).clamp(max=steps - 1)
-    weight = (position - lower).to(features.dtype)[None, :, None]
-    return features[:, lower] * (1 - weight) + features[:, upper] * weight
 
 
 def _build_kan(width, grid, k):
@@ -370,8 +148,14 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         sample_rate (`int`, defaults to 16000): sample rate of the input waveform (Hz).
         num_landmarks (`int`, defaults to 68): landmarks per face (iBUG-68).
         context_encoder (`str`, defaults to `"logmel"`): the Context domain's front end, `"logmel"`
-            (no pretrained weights needed) or `"wav2vec2"` (a transformers `Wav2Vec2Model`, see
-            [`~KFusionLandmarkModel.from_wav2vec2_pretrained`]).
+            (no pretrained weights needed), `"wav2vec2"` (a transformers `Wav2Vec2Model` inside the model, see
+            [`~KFusionLandmarkModel.from_wav2vec2_pretrained`]) or `"encoder_states"` (hidden states of the
+            pipeline's `audio_encoder`, Whisper, passed to `forward` as `context_states`: DESIGN.md 8.3).
+        encoder_layers (`list`, *optional*): with `"encoder_states"`, the audio encoder's layers read (their
+            states concatenated in this order), e.g. `[2, 4]`; the pipeline asks the encoder for exactly these.
+        encoder_state_dim (`int`, *optional*): with `"encoder_states"`, the encoder's hidden size (512 for
+            Whisper base, 384 for tiny.en).
+        encoder_state_rate (`float`, defaults to 50.0): states per second (Whisper: one per 20 ms).
         n_mels (`int`, defaults to 80): mel bands of the logmel front end.
         wav2vec2_config (`dict`, *optional*): `Wav2Vec2Config` keyword arguments; required for `"wav2vec2"`.
         freeze_wav2vec2 (`bool`, defaults to `True`): keep the wav2vec2 weights fixed (and in eval mode).
@@ -457,6 +241,9 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         n_mels: int = 80,
         wav2vec2_config: dict | None = None,
         freeze_wav2vec2: bool = True,
+        encoder_layers: list | None = None,
+        encoder_state_dim: int | None = None,
+        encoder_state_rate: float = 50.0,
         num_emotions: int = NUM_EMOTIONS,
         global_context_frames: int = 2,
         global_window_length: int = 800,
@@ -489,8 +276,12 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         self._alias_table = self._make_alias_table(num_emotions, emotion_aliases)
-        if context_encoder not in ("logmel", "wav2vec2"):
-            raise ValueError(f"context_encoder must be 'logmel' or 'wav2vec2', got {context_encoder!r}")
+        if context_encoder not in ("logmel", "wav2vec2", "encoder_states"):
+            raise ValueError(f"context_encoder must be 'logmel', 'wav2vec2' or 'encoder_states', got {context_encoder!r}")
+        if context_encoder == "encoder_states" and (not encoder_layers or not encoder_state_dim
+                                                    or encoder_state_dim < 1 or encoder_state_rate <= 0):
+            raise ValueError("context_encoder='encoder_states' needs encoder_layers (the audio encoder's layers "
+                             "read), a positive encoder_state_dim and encoder_state_rate")
         if sample_rate <= 0:
             raise ValueError(f"sample_rate must be positive, got {sample_rate}")
         if global_window_length < 105:  # the window encoder's three strided convs need this many
@@ -516,16 +307,18 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             raise ValueError(f"context_dilations must be a non-empty list of positive integers, got {context_dilations}")
 
         # Global domain: raw waveform windows, one per video frame.
-        self.global_window_encoder = _WindowEncoder(global_channels)
+        self.global_window_encoder = WindowEncoder(global_channels)
         # +2: log-energy of the whole window and of the frame itself (loudness, explicitly).
         self.global_in = nn.Linear(global_channels + 2, global_channels)
         self.global_temporal = nn.Sequential(
-            *[_TemporalConvBlock(global_channels, temporal_kernel_size, dropout) for _ in range(num_temporal_blocks)]
+            *[TemporalConvBlock(global_channels, temporal_kernel_size, dropout) for _ in range(num_temporal_blocks)]
         )
 
         # Context domain: log-mel or wav2vec2 features at their own rate, resampled to frames later.
-        if context_encoder == "logmel":
-            self.context_frontend = _LogMelFrontend(sample_rate, n_mels, deltas=mel_deltas,
+        if context_encoder == "encoder_states":
+            self.context_frontend = EncoderStatesFrontend(encoder_state_dim, len(encoder_layers), encoder_state_rate)
+        elif context_encoder == "logmel":
+            self.context_frontend = LogMelFrontend(sample_rate, n_mels, deltas=mel_deltas,
                                                     max_frequency=mel_max_frequency, band_mean=mel_band_mean)
         else:
             if wav2vec2_config is None:
@@ -535,15 +328,15 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
                 )
             if sample_rate != SAMPLE_RATE:
                 raise ValueError(f"wav2vec2 models read {SAMPLE_RATE} Hz audio; sample_rate is {sample_rate}")
-            self.context_frontend = _Wav2Vec2Frontend(_wav2vec2_config_from_dict(wav2vec2_config), freeze_wav2vec2)
+            self.context_frontend = Wav2Vec2Frontend(wav2vec2_config_from_dict(wav2vec2_config), freeze_wav2vec2)
         context_dim = self.context_frontend.output_dim
         if context_band_conv:
-            self.context_stem = _BandConvStem(3 if mel_deltas else 1, int(context_band_conv), n_mels)
+            self.context_stem = BandConvStem(3 if mel_deltas else 1, int(context_band_conv), n_mels)
             context_dim = self.context_stem.output_dim
         self.context_in = nn.Linear(context_dim, context_channels)
         dilations = [int(d) for d in context_dilations] if context_dilations else [1] * num_temporal_blocks
         self.context_temporal = nn.Sequential(
-            *[_TemporalConvBlock(context_channels, temporal_kernel_size, dropout, d) for d in dilations]
+            *[TemporalConvBlock(context_channels, temporal_kernel_size, dropout, d) for d in dilations]
         )
 
         # Conditioning.
@@ -603,7 +396,7 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if isinstance(self.context_frontend, _Wav2Vec2Frontend) and self.context_frontend.freeze:
+        if isinstance(self.context_frontend, Wav2Vec2Frontend) and self.context_frontend.freeze:
             self.context_frontend.wav2vec2.eval()  # no dropout / SpecAugment in a frozen feature extractor
         return self
 
@@ -652,7 +445,7 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             if key in kwargs:
                 raise ValueError(f"from_wav2vec2_pretrained sets {key} itself; do not pass it")
         wav2vec2 = Wav2Vec2Model.from_pretrained(wav2vec2_path, local_files_only=True)
-        config = {k: v for k, v in wav2vec2.config.to_diff_dict().items() if k not in _WAV2VEC2_META_KEYS}
+        config = {k: v for k, v in wav2vec2.config.to_diff_dict().items() if k not in WAV2VEC2_META_KEYS}
         model = cls(context_encoder="wav2vec2", wav2vec2_config=config, **kwargs)
         model.context_frontend.wav2vec2.load_state_dict(wav2vec2.state_dict())
         return model
@@ -691,6 +484,7 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         fps: float = 25.0,
         emotion_labels: torch.Tensor | None = None,
         return_dict: bool = True,
+        context_states: torch.Tensor | None = None,
     ) -> KFusionLandmarkOutput | tuple:
         r"""
         Args:
@@ -706,6 +500,10 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
                 Class ids in `[0, num_emotions]` (talking_head.constants.EMOTIONS order); `num_emotions`
                 or `None` means no emotion given.
             return_dict (`bool`, defaults to `True`): return a [`KFusionLandmarkOutput`] or a tuple.
+            context_states (`torch.Tensor` of shape `(batch, states, len(encoder_layers) * encoder_state_dim)`):
+                With `context_encoder="encoder_states"` (required then, refused otherwise): the audio encoder's
+                states of the same waveform, state t centred at t / encoder_state_rate seconds of it, e.g.
+                `audio_encoder.encode(waveform, layers=model.config.encoder_layers)`.
 
         Returns:
             [`KFusionLandmarkOutput`] or `(landmarks, displacements)`, both `(batch, num_frames, 68, 2)` float32.
@@ -713,13 +511,14 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         waveform, identity_landmarks, num_frames, fps, emotion_labels = self._check_inputs(
             waveform, identity_landmarks, num_frames, fps, emotion_labels
         )
+        context_states = self._check_context_states(context_states, waveform.shape[0])
         # float32 throughout, also under a caller's autocast: pykan is not half-precision safe.
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             batch = waveform.shape[0]
             waveform = self._prepare_waveform(waveform, num_frames, fps)
 
             global_features = self._global_domain(waveform, num_frames, fps)  # (B, F, Cg)
-            context_features = self._context_domain(waveform, num_frames, fps)  # (B, F, Cc)
+            context_features = self._context_domain(waveform, num_frames, fps, context_states)  # (B, F, Cc)
             if self.config.identity_frame == "face":
                 centre = identity_landmarks.mean(dim=1, keepdim=True)
                 width = (identity_landmarks[:, 16] - identity_landmarks[:, 0]).norm(dim=-1).clamp_min(1e-3)
@@ -777,7 +576,7 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             # After padding, so short audio behaves exactly like the caller's own zero padding.
             # The floor keeps near-silence from being blown up.
             if self.config.loudness_reference == "active":
-                rms = _active_rms(waveform, block=max(1, round(0.02 * self.config.sample_rate)))
+                rms = active_rms(waveform, block=max(1, round(0.02 * self.config.sample_rate)))
             else:
                 rms = waveform.pow(2).mean(dim=1, keepdim=True).sqrt()
             waveform = waveform * (0.1 / rms.clamp_min(self.config.loudness_floor))
@@ -824,13 +623,38 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
         at_edges = at_edges.reshape(batch, num_frames, length + 1)
         return ((at_edges[..., 1:] - at_edges[..., :-1]) / bin_width).to(torch.float32)
 
-    def _context_domain(self, waveform: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
+    def _context_domain(self, waveform: torch.Tensor, num_frames: int, fps: float,
+                        context_states: torch.Tensor | None = None) -> torch.Tensor:
         frontend = self.context_frontend
-        features = frontend(waveform)
+        features = frontend(waveform if context_states is None else context_states)
         if self.config.context_band_conv:
             features = self.context_stem(features)
         features = self.context_temporal(self.context_in(features))
-        return _sample_at_frames(features, frontend.first_time, frontend.time_step, num_frames, fps)
+        return sample_at_frames(features, frontend.first_time, frontend.time_step, num_frames, fps)
+
+    @property
+    def reads_encoder_states(self) -> bool:
+        """True when `forward` needs `context_states` from the pipeline's `audio_encoder`."""
+        return self.config.context_encoder == "encoder_states"
+
+    def _check_context_states(self, states, batch: int) -> torch.Tensor | None:
+        if not self.reads_encoder_states:
+            if states is not None:
+                raise ValueError(f"this landmark model's Context domain is {self.config.context_encoder!r}; it "
+                                 "reads the waveform, not context_states")
+            return None
+        dim = len(self.config.encoder_layers) * self.config.encoder_state_dim
+        if states is None:
+            raise ValueError(f"this landmark model reads audio-encoder states: pass context_states (batch, states, "
+                             f"{dim}), e.g. audio_encoder.encode(waveform, layers={self.config.encoder_layers})")
+        if not isinstance(states, torch.Tensor) or states.ndim != 3 or states.shape[0] != batch \
+                or states.shape[2] != dim or states.shape[1] < 1:
+            got = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
+            raise ValueError(f"context_states must have shape ({batch}, states >= 1, {dim}) (encoder layers "
+                             f"{self.config.encoder_layers} x {self.config.encoder_state_dim}), got {got}")
+        if not states.is_floating_point() or not torch.isfinite(states).all():
+            raise ValueError("context_states must be finite float values")
+        return states.to(device=self.device, dtype=torch.float32)
 
     def _check_inputs(self, waveform, identity_landmarks, num_frames, fps, emotion_labels):
         if not isinstance(waveform, torch.Tensor):
@@ -893,93 +717,3 @@ class KFusionLandmarkModel(ModelMixin, ConfigMixin):
             fps,
             emotion_labels.to(device=device, dtype=torch.long),
         )
-
-
-def _wav2vec2_config_from_dict(config: dict) -> Wav2Vec2Config:
-    if not isinstance(config, dict):
-        raise ValueError(f"wav2vec2_config must be a dict of Wav2Vec2Config arguments, got {type(config).__name__}")
-    # Wav2Vec2Config silently accepts any keyword; a typo would otherwise build the wrong model.
-    known = set(Wav2Vec2Config().to_dict()) | {"num_labels"}
-    unknown = sorted(set(config) - known - set(_WAV2VEC2_META_KEYS))
-    if unknown:
-        raise ValueError(f"wav2vec2_config has unknown Wav2Vec2Config keys: {unknown}")
-    return Wav2Vec2Config(**{k: v for k, v in config.items() if k not in _WAV2VEC2_META_KEYS})
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loss
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def landmark_loss(
-    pred: torch.Tensor,
-    target: torch.Tensor,
-    mouth_weight: float = 0.8,
-    all_weight: float = 0.2,
-    velocity_weight: float = 0.5,
-    centered: bool = False,
-    absolute_weight: float = 0.0,
-    silent_frames: torch.Tensor | None = None,
-    silent_weight: float = 0.0,
-    distance: str = "squared",
-) -> torch.Tensor:
-    r"""
-    The KFusion training loss on landmark sequences `(batch, frames, 68, 2)`:
-
-        all_weight * MSE(all 68 points) + mouth_weight * MSE(mouth points 48-67)
-        + velocity_weight * MSE(frame-to-frame differences)
-
-    The first two are the authors' 0.2 / 0.8 split: the mouth is what lip sync is judged on. The
-    velocity term compares motion, not positions, so per-frame jitter costs extra (with 0.5, white
-    noise on the prediction costs about twice what it would without it). Computed in float32.
-
-    With `centered=True` the three terms compare per-frame mean-centred points (the centroid of the 68
-    removed from each frame, as M-LD / F-LD do), so the head's translation, which audio cannot tell,
-    does not drown the mouth's shape; `absolute_weight` * MSE(all points, not centred) then keeps the
-    face where it belongs. `silent_frames` (batch, frames) bool with `silent_weight` > 0 adds
-    silent_weight * MSE(mouth points on those frames): the mouth shape on silence, where a closed
-    mouth is the whole target.
-
-    `distance="euclidean"` replaces every squared error by the Euclidean distance per point (per
-    frame-to-frame motion for the velocity term), which is what M-LD / F-LD average: the model is then
-    pulled towards the conditional median of each point rather than its mean.
-    """
-    if distance not in ("squared", "euclidean"):
-        raise ValueError(f"distance must be 'squared' or 'euclidean', got {distance!r}")
-    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise ValueError("pred and target must be torch tensors")
-    if pred.shape != target.shape:
-        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)}, {tuple(target.shape)}")
-    if pred.ndim != 4 or pred.shape[-2:] != (NUM_LANDMARKS, 2):
-        raise ValueError(f"pred must be (batch, frames, {NUM_LANDMARKS}, 2), got {tuple(pred.shape)}")
-    pred, target = pred.float(), target.float()
-    err = _point_error if distance == "euclidean" else F.mse_loss
-    absolute = err(pred, target) if absolute_weight else None
-    if centered:
-        pred = pred - pred.mean(dim=-2, keepdim=True)
-        target = target - target.mean(dim=-2, keepdim=True)
-    loss = all_weight * err(pred, target)
-    if absolute is not None:
-        loss = loss + absolute_weight * absolute
-    if silent_frames is not None and silent_weight:
-        if silent_frames.shape != pred.shape[:2]:
-            raise ValueError(f"silent_frames must be (batch, frames) = {tuple(pred.shape[:2])}, "
-                             f"got {tuple(silent_frames.shape)}")
-        mask = silent_frames.to(device=pred.device, dtype=pred.dtype)
-        mouth_pred, mouth_target = pred[:, :, MOUTH_SLICE], target[:, :, MOUTH_SLICE]
-        if distance == "euclidean":
-            per_frame = _point_error(mouth_pred, mouth_target, reduce=False)
-        else:
-            per_frame = (mouth_pred - mouth_target).pow(2).mean((-2, -1))
-        loss = loss + silent_weight * (per_frame * mask).sum() / mask.sum().clamp_min(1.0)
-    loss = loss + mouth_weight * err(pred[:, :, MOUTH_SLICE], target[:, :, MOUTH_SLICE])
-    if pred.shape[1] > 1 and velocity_weight:
-        loss = loss + velocity_weight * err(pred.diff(dim=1), target.diff(dim=1))
-    return loss
-
-
-def _point_error(pred: torch.Tensor, target: torch.Tensor, reduce: bool = True) -> torch.Tensor:
-    """Mean Euclidean distance between (..., points, 2) sets (per leading index when not `reduce`); the small
-    epsilon keeps the gradient finite where a point is exact."""
-    dist = ((pred - target).pow(2).sum(-1) + 1e-12).sqrt().mean(-1)
-    return dist.mean() if reduce else dist

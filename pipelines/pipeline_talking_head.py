@@ -42,6 +42,7 @@ from talking_head.identity import DEFAULT_MAX_SIZE, Photo, StillIdentity, VideoI
 from talking_head.landmark_stream import LandmarkStream
 from talking_head.models.emotion_classifier import predict_emotion
 from talking_head.models.mask_noise import gaussian_blur
+from talking_head.models.whisper_encoder import check_audio_encoder
 from talking_head.mouth_box import BoxTrack, MouthBox, feather, follow_face
 from talking_head.mouth_rest import peak_level_db, rest_mouth, rest_weights
 from talking_head.schedulers.scheduling_sdedit import DEFAULT_T_START, sdedit_timesteps, validate_t_start
@@ -227,6 +228,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
         scheduler ([`SchedulerMixin`]): DDPM by default; DDIM or DPM-Solver for fewer steps.
         landmark_model ([`KFusionLandmarkModel`]): audio -> 68 landmarks per frame.
         mask_noise ([`GaussianMaskNoise`]): the lower-face region, the landmark heatmaps, the mask noise.
+        audio_encoder ([`WhisperSpeechEncoder`], optional): OpenAI's Whisper encoder, frozen; its states are the
+            landmark model's Context domain when that model reads them (`landmark_model.reads_encoder_states`),
+            and required then (DESIGN.md 8.3).
         emotion_classifier (transformers classifier, optional): audio -> 8 MEAD emotions (a log-mel CNN, a
             log-mel or waveform Transformer; `talking_head.models.emotion_classifier`).
         feature_extractor ([`EmotionFeatureExtractor`] or [`Wav2Vec2FeatureExtractor`], optional): the
@@ -259,19 +263,19 @@ class TalkingHeadPipeline(DiffusionPipeline):
             more than the jitter.
     """
 
-    model_cpu_offload_seq = "emotion_classifier->landmark_model->unet"
-    _optional_components = ["emotion_classifier", "feature_extractor"]
+    model_cpu_offload_seq = "emotion_classifier->audio_encoder->landmark_model->unet"
+    _optional_components = ["emotion_classifier", "feature_extractor", "audio_encoder"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet, scheduler, landmark_model, mask_noise, emotion_classifier=None,
-                 feature_extractor=None, clip_frames: int = 16, clip_overlap: int = 4,
+                 feature_extractor=None, audio_encoder=None, clip_frames: int = 16, clip_overlap: int = 4,
                  landmark_chunk_frames: int = 250, keep_threshold: float = 0.1,
                  unet_emotion_conditioning: bool = True, rest_mouth_on_silence: bool = True,
                  detected_emotion_in_video: bool = False, landmark_smoothing: float = 1.0):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, landmark_model=landmark_model,
                               mask_noise=mask_noise, emotion_classifier=emotion_classifier,
-                              feature_extractor=feature_extractor)
+                              feature_extractor=feature_extractor, audio_encoder=audio_encoder)
         self.register_to_config(clip_frames=clip_frames, clip_overlap=clip_overlap,
                                 landmark_chunk_frames=landmark_chunk_frames, keep_threshold=keep_threshold,
                                 unet_emotion_conditioning=unet_emotion_conditioning,
@@ -325,6 +329,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
                              f"the pipeline needs {NUM_LANDMARKS}")
         if unet.config.num_class_embeds != len(EMOTIONS):
             raise ValueError(f"unet has {unet.config.num_class_embeds} emotion classes, expected {len(EMOTIONS)}")
+        check_audio_encoder(self.landmark_model, self.audio_encoder)
         if self.emotion_classifier is not None:
             labels = getattr(self.emotion_classifier.config, "id2label", {})
             names = [str(labels[i]).lower() for i in sorted(labels, key=int)] if labels else []
@@ -347,12 +352,18 @@ class TalkingHeadPipeline(DiffusionPipeline):
         listed = {k: v for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] is not None}
         # The emotion classifier is optional: a pipeline whose classifier folder was removed (e.g. to drop the
         # RAVDESS-trained model's non-commercial licence) loads without it and uses the given emotion or none.
-        if any(name in listed and not (path / name).is_dir() for name in cls._optional_components):
+        emotion_parts = ("emotion_classifier", "feature_extractor")
+        if any(name in listed and not (path / name).is_dir() for name in emotion_parts):
             logger.warning(f"{path} has no emotion classifier folder: loading without a classifier (the emotion "
                            "is the one you pass, else none)")
-            for name in cls._optional_components:
+            for name in emotion_parts:
                 listed.pop(name, None)
                 kwargs.setdefault(name, None)
+        if "audio_encoder" not in listed or not (path / "audio_encoder").is_dir():
+            # A pipeline made before the Whisper encoder (its landmark model reads log-mel) loads without one;
+            # check_components refuses a landmark model that needs it.
+            listed.pop("audio_encoder", None)
+            kwargs.setdefault("audio_encoder", None)
         weights = {}
         for name in sorted({"unet", "scheduler", "landmark_model", "mask_noise"} | set(listed)):
             folder = path / name
@@ -478,13 +489,14 @@ class TalkingHeadPipeline(DiffusionPipeline):
             a0, a1 = max(0, f0 - margin), min(num_frames, f1 + margin)
             s0, s1 = int(round(a0 * spf)), int(round(a1 * spf))
             piece = waveforms[:, s0:s1]
+            states = self.encode_audio(piece) if model.reads_encoder_states else None
             pred = model(piece.to(device), identity_landmarks.to(device), num_frames=a1 - a0, fps=fps,
-                         emotion_labels=emotion_labels.to(device)).landmarks
+                         emotion_labels=emotion_labels.to(device), context_states=states).landmarks
             scaled = (emotion_labels != NULL_EMOTION) & (emotion_labels != EMOTIONS.index("neutral"))
             if bool((scales != 1.0).any()) and bool(scaled.any()):
                 neutral = torch.full_like(emotion_labels, EMOTIONS.index("neutral"))
                 base = model(piece.to(device), identity_landmarks.to(device), num_frames=a1 - a0, fps=fps,
-                             emotion_labels=neutral.to(device)).landmarks
+                             emotion_labels=neutral.to(device), context_states=states).landmarks
                 mixed = base + scales.to(device)[:, None, None, None] * (pred - base)
                 pred = torch.where(scaled.to(device)[:, None, None, None], mixed, pred)
             pred = pred.float().cpu()
@@ -497,6 +509,11 @@ class TalkingHeadPipeline(DiffusionPipeline):
             pred = smooth_over_time(pred, float(self.config.landmark_smoothing))
             yield pred[:, f0 - a0: f1 - a0]
             f0 = f1
+
+    def encode_audio(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """(B, S) 16 kHz -> the audio encoder's states of the layers the landmark model reads (B, T, dim)."""
+        encoder = self.audio_encoder
+        return encoder.encode(waveforms.to(encoder.device), layers=self.landmark_model.config.encoder_layers)
 
     def clip_starts(self, num_frames: int) -> list[int]:
         """Start frame of each clip (talking_head.clip_schedule): the last clip ends on the last frame."""

@@ -78,15 +78,18 @@ def test_metrics_json_has_every_figure(report):
     assert data["frames"] == 16 and data["scored_frames"] == 14  # the reference frame is not scored
     assert [c["emotion_source"] for c in data["clips"]] == ["label", "label"]
 
-    assert set(m["methods"]) == {"static", "pipeline", "gt_landmarks"}
+    assert set(m["methods"]) == {"static", "warp", "pipeline", "gt_landmarks"}
     for name, res in m["methods"].items():
         s = res["summary"]
         assert s["frames"] == 14 and s["clips"] == 2 and len(res["clips"]) == 2
         assert 0 < s["psnr"] < 100 and -1 <= s["ssim"] <= 1, name
         # dlib misses the small drawn face (64 px upscaled) on a frame or two: counted, not fatal.
         assert 0 <= s["face_detection_rate"] <= 1 and s["gt_face_detection_rate"] >= 0.5
+        assert s["sharpness_ratio"] > 0 and "identity_similarity" in s, name
         if name == "static":
             assert s["seconds_per_generated_second"] is None
+        elif name == "warp":
+            assert s["seconds_per_generated_second"] > 0 and "sampler" not in s
         else:
             assert s["seconds_per_generated_second"] > 0 and s["sampler"] == "ddpm:2"
     floor = m["methods"]["static"]["summary"]
@@ -207,3 +210,25 @@ def test_dubbing_protocol_scores_the_clip_as_its_own_identity(synth):
         summary = m["methods"][method]["summary"]
         assert summary["frames"] == static["summary"]["frames"] and math.isfinite(summary["box_psnr"])
     assert "**dubbing**" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("protocol", ["photo", "dubbing"])
+def test_the_warp_row_needs_no_pipeline(synth, protocol):
+    """static,warp run without a model under both protocols; the warp (driven by the ground-truth landmarks)
+    moves the mouth the floor keeps still, and the report shows it with the identity and sharpness measures."""
+    out = synth["root"] / f"warp-{protocol}"
+    args = parse(["evaluate", "--data", str(synth["data"]), "--output", str(out), "--methods", "static,warp",
+                  "--protocol", protocol, "--samples", "1", "--quiet"])
+    assert args.handler(args) == 0
+    m = strict_json(out / "metrics.json")
+    assert m["pipeline"] is None and list(m["methods"]) == ["static", "warp"]
+    warp, floor = m["methods"]["warp"], m["methods"]["static"]
+    assert warp["label"] == "warp: the reference's lower face warped onto the ground-truth landmarks (no learning)"
+    s = warp["summary"]
+    assert s["frames"] == floor["summary"]["frames"] == 14 and math.isfinite(s["psnr"]) and s["box_psnr"] > 10
+    assert s["m_ld"] is None or s["m_ld"] < 20
+    assert 0 < s["sharpness_ratio"] < 10 and s["seconds_per_generated_second"] > 0
+    assert warp["clips"][0]["samples"] == ["samples/warp/synth0_happy_00.mp4", "samples/warp/synth0_happy_00.jpg"]
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Identity and mouth sharpness" in text and f"| {warp['label']} |" in text
+    assert "*ground truth (reference)*" in text

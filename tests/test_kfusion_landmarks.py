@@ -277,7 +277,7 @@ def test_mel_deltas_triple_the_context_features_and_round_trip(tmp_path):
     base = plain.context_frontend(wave)
     assert torch.allclose(feats[..., :16], base)
     # The delta of a constant is 0; of a ramp, its slope.
-    from talking_head.models.kfusion_landmarks import _deltas
+    from talking_head.models.kfusion_frontends import deltas as _deltas
 
     ramp = torch.arange(10.0)[None, :, None].expand(1, 10, 3)
     assert torch.allclose(_deltas(ramp)[:, 2:-2], torch.ones(1, 6, 3))

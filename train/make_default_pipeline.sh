@@ -82,8 +82,8 @@ for job in "${jobs_2b[@]}"; do
     wait "$job"  # each job's own status (a bare `wait` returns 0), so a failed run stops the script here
 done
 # Every clip is read at speeds 0.9, 1.0 and 1.1 (stop 34); the offsets (neutral, angry, contempt, disgusted, fear,
-# happy, sad, surprised) are logit_offsets.py's fit on the two cross-validations' out-of-fold predictions read the
-# same way (docs/results/emotion-classifier/cv/tta_offsets.json).
+# happy, sad, surprised) are experiments/emotion_classifier_cv/logit_offsets.py's fit on the two cross-validations'
+# out-of-fold predictions read the same way (docs/results/emotion-classifier/cv/tta_offsets.json).
 $PY train/ensemble_emotion.py "$WORK/emotion/all_s0/emotion_classifier" "$WORK/emotion/all_s1/emotion_classifier" \
     "$WORK/emotion/all_s2/emotion_classifier" --logit_offsets "[1.0, -0.4, 0.0, 0.2, 0.0, -0.1, -0.2, -0.1]" \
     --test_time_speeds "[0.9, 1.0, 1.1]" --output_dir "$WORK/emotion/averaged"

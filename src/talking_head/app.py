@@ -183,7 +183,7 @@ class TalkingHeadApp:
         """Load the pipeline once, with the demo's sampler (DPM-Solver)."""
         import torch
 
-        from talking_head.cli import DEMO_SAMPLER
+        from talking_head.cli_common import DEMO_SAMPLER
         from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
         from talking_head.schedulers.scheduling_sdedit import scheduler_from_name
 
@@ -281,9 +281,9 @@ class TalkingHeadApp:
 
 # ---------------------------------------------------------------------------------------------- the page
 def _assets() -> Path:
-    from talking_head.cli import _assets_dir
+    from talking_head.cli_common import assets_dir
 
-    return _assets_dir()
+    return assets_dir()
 
 
 def _examples() -> list[list[str]]:

@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 from talking_head.argtypes import positive_float, positive_int
+from talking_head.cli_common import DEMO_SAMPLER, DEMO_STEPS, UsageError, assets_dir
 from talking_head.constants import DEFAULT_FPS, EMOTIONS, NO_EMOTION
 
-
-class UsageError(Exception):
-    """A problem with what the user asked for, reported in one line."""
+# UsageError, DEMO_SAMPLER, DEMO_STEPS and assets_dir are shared with the commands this module wires (app, train),
+# so they live below it in cli_common; they stay importable from here, as before (never from inside the package).
+_assets_dir = assets_dir  # the former name: tests and scripts import it from talking_head.cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,16 +32,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _assets_dir() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("talking_head.assets")))
-
-
-# The demo's sampler (the bundled default is a sample-predicting model: a few steps are enough).
-DEMO_SAMPLER, DEMO_STEPS = "dpm", 10
 
 
 def _emotion_scale_arg(text: str) -> float:
@@ -230,7 +221,7 @@ class _LiveRate:
 
 
 def _bundled_pipeline() -> Path | None:
-    bundled = _assets_dir() / "pipeline"
+    bundled = assets_dir() / "pipeline"
     return bundled if (bundled / "model_index.json").is_file() else None
 
 
@@ -244,7 +235,7 @@ def cmd_generate(args) -> int:
 def cmd_demo(args) -> int:
     from skimage import data
 
-    assets = _assets_dir()
+    assets = assets_dir()
     pipeline_dir = args.pipeline
     speech, identity = assets / "demo_speech.wav", assets / "demo_identity.jpg"
     if not (speech.is_file() and identity.is_file()):

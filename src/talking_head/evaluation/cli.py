@@ -1,7 +1,7 @@
 """`talking-head evaluate`: the evaluation protocol of DESIGN.md section 5 as one rerunnable command.
 
     talking-head evaluate --pipeline DIR --data PREPARED [--split test] [--output REPORT_DIR]
-        [--methods static,pipeline,gt_landmarks] [--max-clips N] [--max-seconds S]
+        [--methods static,warp,pipeline,gt_landmarks] [--max-clips N] [--max-seconds S]
         [--sampler ddpm|ddim[:N]|dpm[:N]] [--base-t-start 300]
         [--t-start 100,200,300,400,500,1000] [--scheduler ddpm:300,ddim:50,dpm:25]
         [--emotion-data PREPARED] [--samples 2] [--note TEXT]
@@ -43,7 +43,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                     "static-frame floor and the ground-truth-landmark ceiling, optional t_start and sampler "
                     "sweeps and the emotion classifier; writes metrics.json, report.md, plots and sample videos.")
     p.add_argument("--pipeline", default=None,
-                   help="pipeline directory (save_pretrained / talking-head init); optional with --methods static")
+                   help="pipeline directory (save_pretrained / talking-head init); optional with --methods static,warp")
     p.add_argument("--data", required=True, help="prepared dataset folder (talking-head prepare)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--protocol", choices=("photo", "dubbing"), default="photo",
@@ -51,8 +51,9 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
                         "repeated; dubbing: the clip itself is the identity video, its lower face regenerated from "
                         "its audio, floor = the reference's lower face pasted into every frame (DESIGN 7.5)")
     p.add_argument("--output", default="evaluation-report", help="report folder (default: ./evaluation-report)")
-    p.add_argument("--methods", type=_str_list, default=("static", "pipeline", "gt_landmarks"),
-                   help="comma-separated rows: static (floor), pipeline, gt_landmarks (ceiling); default all")
+    p.add_argument("--methods", type=_str_list, default=("static", "warp", "pipeline", "gt_landmarks"),
+                   help="comma-separated rows: static (floor), warp (the reference's lower face warped onto the "
+                        "ground-truth landmarks, no model), pipeline, gt_landmarks (ceiling); default all")
     p.add_argument("--max-clips", type=positive_int, default=None, help="evaluate at most this many clips")
     p.add_argument("--max-seconds", type=positive_float, default=None,
                    help="evaluate only the first S seconds of each clip (default: whole clips)")
@@ -88,7 +89,7 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--samples", type=non_negative_int, default=2,
                    help="write side-by-side sample videos for the first N clips of each method (default 2)")
     p.add_argument("--resolution", type=positive_int, default=None,
-                   help="scoring resolution without a pipeline (static floor only; default: the stored size)")
+                   help="scoring resolution without a pipeline (static / warp only; default: the stored size)")
     p.add_argument("--no-landmarks", action="store_true", help="skip dlib landmark distances (faster)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when present)")

@@ -16,10 +16,14 @@ from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 
 class LandmarkStage:
     def __init__(self, model, chunk_frames: int = 250, rest_mouth_on_silence: bool = True,
-                 landmark_smoothing: float = 1.0):
-        self.landmark_model = model
+                 landmark_smoothing: float = 1.0, audio_encoder=None):
+        from talking_head.models.whisper_encoder import check_audio_encoder
+
+        check_audio_encoder(model, audio_encoder)
+        self.landmark_model, self.audio_encoder = model, audio_encoder
         self.config = SimpleNamespace(landmark_chunk_frames=chunk_frames, rest_mouth_on_silence=rest_mouth_on_silence,
                                       landmark_smoothing=landmark_smoothing)
 
     predict_landmarks = TalkingHeadPipeline.predict_landmarks
+    encode_audio = TalkingHeadPipeline.encode_audio
     landmark_chunks = TalkingHeadPipeline.landmark_chunks

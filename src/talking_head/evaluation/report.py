@@ -43,6 +43,13 @@ DEFINITIONS = """\
   mean Euclidean distance between corresponding points. Averaged over the frames of a clip where a face was
   found on both frames, then over clips (the EAT/MEAD evaluator's `calibrate_lmk` + `ld`). Frames where dlib
   finds no face on the generated frame are left out of LD and counted in *face found*.
+- **identity similarity** (higher is better, the ground truth's own is the reference): cosine similarity of
+  dlib's 128-d face-recognition embeddings (`dlib_face_recognition_resnet_model_v1.dat` of
+  face-recognition-models, on dlib's 68 landmarks) of the output frame and of the identity frame (the clip's
+  reference frame), both at the scoring resolution, on every 5th scored frame where dlib finds a face, averaged.
+  Two different people still score about 0.8; the same photo mirrored about 0.99.
+- **mouth sharpness** (1 = as sharp as the ground truth): the variance of the 4-neighbour Laplacian of the grey
+  level inside the mouth box, output over ground truth, per scored frame, averaged.
 - **Landmark model LD**: the same distances between the landmark model's predicted landmarks and the
   dataset's landmarks (dlib on the source video, mapped into the crop), both in pixels of a 256x256 crop;
   no detection on generated frames is involved.
@@ -259,7 +266,7 @@ def write_report(out: Path, m: dict) -> list[str]:
         md += [f"> **{m['note']}**", ""]
     if m.get("command"):
         md += ["```", m["command"], "```", ""]
-    md += _setup_lines(m) + _quality_lines(m) + _landmark_model_lines(m)
+    md += _setup_lines(m) + _quality_lines(m) + _face_measure_lines(m) + _landmark_model_lines(m)
     md += _classifier_and_expression_lines(m, out, files) + _sweep_lines(m, out, files)
     md += _per_clip_lines(m) + _sample_lines(m, out, files)
     if m.get("warnings"):
@@ -279,7 +286,7 @@ def _setup_lines(m: dict) -> list[str]:
     data = m["data"]
     setup = [
         ["pipeline", f"`{pipe['path']}` (sha256 `{(pipe['sha256'] or '')[:16]}`, UNet "
-                     f"{pipe['unet_parameters'] / 1e6:.2f} M parameters)" if pipe else "none (static floor only)"],
+                     f"{pipe['unet_parameters'] / 1e6:.2f} M parameters)" if pipe else "none (rows without a model only)"],
         ["resolution", f"PSNR / SSIM at **{size}x{size}**; LD at {ld_size}x{ld_size}" if ld_size
          else f"PSNR / SSIM at **{size}x{size}**; LD not computed"],
         ["protocol", {"dubbing": "**dubbing**: the test clip itself is the identity video, its lower face "
@@ -328,32 +335,55 @@ def _quality_lines(m: dict) -> list[str]:
     return md
 
 
+def _face_measure_lines(m: dict) -> list[str]:
+    """Identity similarity and mouth sharpness of each method, with the ground truth's as the reference row."""
+    methods = {name: res for name, res in m["methods"].items() if "sharpness_ratio" in res["summary"]}
+    if not methods:
+        return []
+    rows = [[res["label"], _f(res["summary"].get("identity_similarity"), 3),
+             res["summary"].get("identity_frames", 0), _f(res["summary"].get("sharpness_ratio"), 3)]
+            for res in methods.values()]
+    truth = next((res["summary"].get("gt_identity_similarity") for res in methods.values()
+                  if res["summary"].get("gt_identity_similarity") is not None), None)
+    rows.append(["*ground truth (reference)*", _f(truth, 3), "", "1.000"])
+    return ["## Identity and mouth sharpness", "",
+            _table(["method", "identity similarity ↑", "frames", "mouth sharpness (output / GT)"], rows), "",
+            "*identity similarity*: cosine similarity of dlib's face-recognition embeddings, output frame vs the "
+            "identity (reference) frame, on every 5th scored frame with a face; the ground truth's own frames "
+            "score the reference row. *mouth sharpness*: variance of the Laplacian inside the mouth box, output "
+            "over ground truth, per frame, averaged (below 1: blurrier than the real mouth).", ""]
+
+
 def _landmark_model_lines(m: dict) -> list[str]:
     """The landmark model alone against the identity-repeated floor (issue 12's metrics)."""
     md: list[str] = []
     lm = m.get("landmark_model")
     if lm:
         def lm_row(label, r):
-            return [label, _f(r["m_ld"]), _f(r["f_ld"]), _f(r.get("mouth_opening_r"), 3),
+            return [label, _f(r["m_ld"]), _f(r.get("m_ld_posed")), _f(r["f_ld"]), _f(r.get("mouth_opening_r"), 3),
                     _f(r.get("silent_opening"), 4), _f(r.get("silent_opening_gt"), 4),
                     _f(r.get("silent_opening_diff"), 4)]
 
         model, floor = lm["model"], lm["identity_floor"]
         md += ["## Landmark model alone", "",
-               _table(["landmarks", "M-LD ↓", "F-LD ↓", "mouth-opening r ↑", "silent opening",
+               _table(["landmarks", "M-LD ↓", "M-LD posed ↓", "F-LD ↓", "mouth-opening r ↑", "silent opening",
                        "GT silent opening", "silent diff (abs) ↓"], [
                    lm_row("landmark model (predicted from audio)", model),
                    lm_row("identity landmarks repeated (floor)", floor),
                ]), "",
                f"Against the dataset's landmarks on {lm['frames']} scored frames, pixels of a 256x256 crop "
-               f"(M-LD / F-LD). Mouth opening: inner-lip distance (points 62-66) over the face width "
+               f"(M-LD / F-LD). *M-LD posed*: against the ground truth moved into the identity frame's head "
+               f"pose (a similarity transform fitted per frame on the jaw ends and the nose, which move with the "
+               f"head, not with speech). Mouth opening: inner-lip distance (points 62-66) over the face width "
                f"(points 0-16). *mouth-opening r*: Pearson r of the predicted and ground-truth opening over "
                f"time, per clip, averaged over {model.get('r_clips', 0)} clips (a constant prediction scores 0). "
                f"*silent opening*: mean opening over the {model.get('silent_frames', 0)} silent frames (audio "
                f"RMS of the frame and the 2 on each side > 25 dB below the clip's loudest frame, or < -60 dBFS), "
                f"next to the ground truth's and their absolute difference (goal: <= 0.02).", ""]
         if "m_ld" in model and model["m_ld"] is not None and floor.get("m_ld"):
-            md += [f"M-LD ratio model / floor: {model['m_ld'] / floor['m_ld']:.3f} (goal <= 0.75).", ""]
+            md += [f"M-LD ratio model / floor: {model['m_ld'] / floor['m_ld']:.3f}"
+                   + (f"; posed: {model['m_ld_posed'] / floor['m_ld_posed']:.3f}" if model.get("m_ld_posed")
+                      and floor.get("m_ld_posed") else "") + ".", ""]
     return md
 
 
@@ -431,7 +461,8 @@ def _per_clip_lines(m: dict) -> list[str]:
     if m["methods"]:
         md += ["## Per clip", ""]
         for name, res in m["methods"].items():
-            rows = [[c["clip_id"], "—" if name == "static" else c["emotion"], c["frames"]] + _quality_cells(c)
+            no_emotion = name in ("static", "warp")  # rows that draw no emotion
+            rows = [[c["clip_id"], "—" if no_emotion else c["emotion"], c["frames"]] + _quality_cells(c)
                     + [_f(c.get("seconds_per_generated_second"), 1)] for c in res["clips"]]
             md += [f"**{res['label']}**", "",
                    _table(["clip", "emotion", "frames", "PSNR", "SSIM", "box PSNR", "box SSIM", "M-LD", "F-LD",

@@ -5,6 +5,8 @@
 For every clip of the split (see talking_head.evaluation.clips) and every method:
 
 * static        the reference frame repeated (the floor: what doing nothing scores);
+* warp          the reference's lower face warped onto the ground-truth landmarks (talking_head.warp: no
+                model, no learning; the row a renderer must beat, DESIGN 8.1);
 * pipeline      the pipeline end to end: audio -> landmark model -> renderer;
 * gt_landmarks  the renderer driven by the dataset's ground-truth landmarks instead of
                 the landmark model's (the ceiling of the landmark model);
@@ -36,12 +38,15 @@ import numpy as np
 
 from talking_head.constants import EMOTIONS, NO_EMOTION, SAMPLE_RATE
 from talking_head.evaluation.clips import EvalClip, load_clips
+from talking_head.evaluation.face_measures import FaceMeasures, MeasuredClipScorer, summarise_measures
 from talking_head.evaluation.metrics import LD_SIZE, landmark_distance
 from talking_head.evaluation.scoring import ClipScorer, GroundTruthLandmarks, LandmarkDetector, combine, identity_crop
 
-METHODS = ("static", "pipeline", "gt_landmarks")
+METHODS = ("static", "warp", "pipeline", "gt_landmarks")
+NO_MODEL_METHODS = ("static", "warp")  # rows that need no pipeline
 METHOD_LABELS = {
     "static": "static reference frame (floor)",
+    "warp": "warp: the reference's lower face warped onto the ground-truth landmarks (no learning)",
     "pipeline": "pipeline (predicted landmarks)",
     "gt_landmarks": "ground-truth landmarks (ceiling of the landmark model)",
 }
@@ -237,10 +242,10 @@ class Evaluation:
         if not cfg.methods and not cfg.t_start_sweep and not cfg.scheduler_sweep and cfg.emotion_data is None \
                 and cfg.expression_data is None:
             raise ValueError("nothing to evaluate: no methods, sweeps or emotion data")
-        needs_pipe = any(m != "static" for m in cfg.methods) or cfg.t_start_sweep or cfg.scheduler_sweep
+        needs_pipe = any(m not in NO_MODEL_METHODS for m in cfg.methods) or cfg.t_start_sweep or cfg.scheduler_sweep
         if needs_pipe and cfg.pipeline is None and self.pipe is None:
             raise ValueError("--pipeline is required for the pipeline / gt_landmarks rows and the sweeps "
-                             "(only --methods static runs without one)")
+                             "(only --methods static,warp run without one)")
         if cfg.max_seconds is not None and not cfg.max_seconds > 0:
             raise ValueError(f"--max-seconds must be > 0, got {cfg.max_seconds}")
         if cfg.max_clips is not None and cfg.max_clips < 1:
@@ -347,12 +352,15 @@ class Evaluation:
             keep = [i for i in clip.scored_indices if clip.landmark_valid[i]]
             pred = self.predicted[clip.clip_id]
             ident = np.broadcast_to(clip.reference_landmarks * (LD_SIZE / clip.size), gt.shape)
+            gt_posed = posed_ground_truth(gt, ident[0], keep)
             for name, points, out in (("model", pred, rows), ("floor", ident, floor_rows)):
                 m = landmark_distance(points[keep], gt[keep], "mouth") if keep else np.zeros(0)
                 f = landmark_distance(points[keep], gt[keep], "face") if keep else np.zeros(0)
+                m_posed = landmark_distance(points[keep], gt_posed[keep], "mouth") if keep else np.zeros(0)
                 lip = clip_lip_motion(points, gt, clip.audio, SAMPLE_RATE, clip.fps, keep=np.asarray(keep, int))
                 out.append({"clip_id": clip.clip_id, "frames": len(keep),
                             "m_ld": float(np.mean(m)) if len(keep) else None,
+                            "m_ld_posed": float(np.mean(m_posed)) if len(keep) else None,
                             "f_ld": float(np.mean(f)) if len(keep) else None,
                             "mouth_opening_r": lip["r"], "silent_frames": lip["silent_frames"],
                             "silent_opening": lip["silent_opening_pred"],
@@ -365,7 +373,7 @@ class Evaluation:
 
         def summary(rs):
             lip = summarise_lip_motion([r.pop("_lip") for r in rs])
-            return {"m_ld": mean(rs, "m_ld"), "f_ld": mean(rs, "f_ld"),
+            return {"m_ld": mean(rs, "m_ld"), "m_ld_posed": mean(rs, "m_ld_posed"), "f_ld": mean(rs, "f_ld"),
                     "mouth_opening_r": lip["mouth_opening_r"], "r_clips": lip["r_clips"],
                     "silent_opening": lip["silent_opening"], "silent_opening_gt": lip["silent_opening_gt"],
                     "silent_opening_diff": lip["silent_opening_diff"], "silent_frames": lip["silent_frames"],
@@ -375,6 +383,12 @@ class Evaluation:
             "model": summary(rows),
             "identity_floor": summary(floor_rows),
             "frames": int(sum(r["frames"] for r in rows)),
+            "m_ld_posed_definition": (
+                "M-LD against the ground truth moved into the identity frame's head pose: each ground-truth frame "
+                "mapped by the similarity transform (rotation, scale, translation; least squares) that takes its "
+                "jaw ends and nose points (0, 1, 15, 16, 27-35: they move with the head, not with speech) onto the "
+                "identity landmarks' (talking_head.head_pose.align_pose, no smoothing); an audio-only model is "
+                "then not charged for the head's motion"),
             "lip_motion_definition": (
                 "mouth opening = |p62 - p66| / |p0 - p16| (inner lips over face width); r = Pearson r of the "
                 "predicted vs ground-truth opening over a clip's scored frames, averaged over clips (a constant "
@@ -427,22 +441,25 @@ class Evaluation:
         clip_results = []
         total_gen, total_seconds = 0.0, 0.0
         name, steps = sampler
-        if method != "static":
+        if method not in NO_MODEL_METHODS:
             self._set_sampler(name)
         for k, clip in enumerate(self.clips):
             driving = self._driving(method, clip)
             panel, finish = (None, None)
             if k < samples:
                 panel, finish = self._sample_writer(method, clip)
-            scorer = ClipScorer(clip, self.size, self.gt_cache, self.detector, driving=driving, panel_writer=panel)
+            scorer = MeasuredClipScorer(clip, self.size, self.gt_cache, self.detector, driving=driving,
+                                        panel_writer=panel, measures=self.face_measures)
             ok = False
             try:
                 if method == "static":
                     self._score_static(clip, scorer)
                     gen_time = 0.0
+                elif method == "warp":
+                    gen_time = self._score_warp(clip, scorer)
                 else:
                     gen_time = self._generate_clip(method, k, clip, t_start, steps, scorer, driving)
-                summary = scorer.summary()
+                summary = {**scorer.summary(), **summarise_measures(scorer.rows)}
                 ok = True
             finally:
                 files = finish(ok) if finish is not None else []
@@ -454,10 +471,11 @@ class Evaluation:
                                  "summary": summary, "rows": scorer.rows, "samples": files})
         with_ld = self.detector is not None
         summary = combine(clip_results, self.size, with_ld)
+        summary.update(summarise_measures([r for c in clip_results for r in c["rows"]]))
         summary["generated_seconds"] = total_seconds
         summary["generation_seconds"] = total_gen
         summary["seconds_per_generated_second"] = total_gen / total_seconds if method != "static" else None
-        if method != "static":
+        if method not in NO_MODEL_METHODS:
             summary["sampler"] = sampler_label(name, steps, t_start)
             summary["t_start"] = t_start
         return {"summary": summary,
@@ -469,7 +487,7 @@ class Evaluation:
         """The landmarks a method draws (pixels at LD_SIZE), shown in the sample panels; None if unknown."""
         if method == "pipeline":
             return self.predicted.get(clip.clip_id)
-        if method == "gt_landmarks":
+        if method in ("gt_landmarks", "warp"):
             return clip.filled_landmarks() * (LD_SIZE / clip.size)
         if method == "static":
             return np.broadcast_to(clip.reference_landmarks * (LD_SIZE / clip.size), (clip.num_frames, 68, 2))
@@ -487,6 +505,34 @@ class Evaluation:
         pts = self.detector(frame) if self.detector is not None else None
         for _ in range(clip.num_frames):
             scorer.add(frame, generated_landmarks=pts)
+
+    def _score_warp(self, clip: EvalClip, scorer: ClipScorer) -> float:
+        """The no-learning probe (DESIGN 8.1): the reference's lower face warped onto each frame's ground-truth
+        landmarks, composited as the floor is, on the still reference frame (photo) or on every frame of the clip
+        (dubbing). Returns the seconds spent making the frames (scoring excluded)."""
+        from talking_head.identity import StillIdentity, VideoIdentity, load_photo
+        from talking_head.warp import warped_frames
+
+        started = time.perf_counter()
+        targets = clip.filled_landmarks()
+        if self.cfg.protocol == "dubbing":
+            from talking_head.evaluation.dubbing import clip_video
+
+            frames, _ = clip_video(clip)
+            source = VideoIdentity(frames, clip.fps, max_size=max(frames[0].shape[:2]), landmarks=targets,
+                                   reference=clip.reference_index)
+        else:
+            source = StillIdentity(load_photo(clip.reference, clip.reference_landmarks, crop_face=False,
+                                              max_size=max(64, *clip.reference.shape[:2])))
+        scoring = 0.0
+        try:
+            for frame in warped_frames(source, targets, getattr(self.pipe, "mask_noise", None)):
+                t0 = time.perf_counter()
+                scorer.add(frame)
+                scoring += time.perf_counter() - t0
+        finally:
+            source.close()
+        return time.perf_counter() - started - scoring
 
     def _generate_clip(self, method: str, k: int, clip: EvalClip, t_start: int, steps: int | None,
                        scorer: ClipScorer, driving: np.ndarray | None) -> float:
@@ -622,6 +668,11 @@ class Evaluation:
             except ImportError as err:
                 self.warnings.append(f"landmark distances skipped: {err}")
         self.gt_cache = GroundTruthLandmarks(self.detector)
+        # Identity similarity (dlib's recognition network) goes with the landmark distances (--no-landmarks).
+        self.face_measures = FaceMeasures(self.size, enabled=self.cfg.landmarks)
+        if self.face_measures.note and self.cfg.landmarks:
+            self.warnings.append(self.face_measures.note)
+            self.log(self.face_measures.note)
         self.log(f"{len(self.clips)} {self.cfg.split} clips, {sum(c.num_frames for c in self.clips)} frames "
                  f"({sum(c.seconds for c in self.clips):.1f} s) of {self.cfg.data}; scoring at {self.size}x{self.size}")
 
@@ -658,14 +709,15 @@ class Evaluation:
         self.predicted = {c.clip_id: self._predicted_landmarks(c) for c in self.clips}
         lm = self.metrics["landmark_model"] = self._evaluate_landmark_model()
         lm["seconds"] = time.perf_counter() - t0
-        self.log(f"landmark model: M-LD {_fmt(lm['model']['m_ld'])} F-LD {_fmt(lm['model']['f_ld'])} "
+        self.log(f"landmark model: M-LD {_fmt(lm['model']['m_ld'])} (posed {_fmt(lm['model']['m_ld_posed'])}) "
+                 f"F-LD {_fmt(lm['model']['f_ld'])} "
                  f"(identity repeated: {_fmt(lm['identity_floor']['m_ld'])} / {_fmt(lm['identity_floor']['f_ld'])})")
         self._save()
 
     def _run_once(self, method, t, sampler, samples=0) -> dict:
         """Each (method, t_start, sampler) setting runs once; a sweep row equal to a method row reuses it."""
         name, steps = sampler
-        key = f"{method} t_start={t} sampler={sampler_label(name, steps, t)}" if method != "static" else method
+        key = method if method in NO_MODEL_METHODS else f"{method} t_start={t} sampler={sampler_label(name, steps, t)}"
         if key not in self.runs:
             res = self.run_method(method, int(t), sampler, samples=samples)
             self.frames_out[key] = res.pop("frames")
@@ -735,6 +787,21 @@ class Evaluation:
         self._save()
         self.log(f"wrote {self.out / 'report.md'} and {self.out / 'metrics.json'} in {m['seconds']:.0f} s")
         return m
+
+
+def posed_ground_truth(gt: np.ndarray, identity: np.ndarray, keep) -> np.ndarray:
+    """(F, 68, 2) ground-truth landmarks, each frame moved into the identity's head pose (align_pose on the points
+    that move with the head, not with speech); frames outside `keep` (no face) are returned unchanged."""
+    import torch
+
+    from talking_head.head_pose import align_pose
+
+    out = np.array(gt, dtype=np.float64, copy=True)
+    if len(keep):
+        idx = np.asarray(keep, dtype=np.int64)
+        moved = align_pose(torch.from_numpy(out[idx])[None], torch.from_numpy(np.asarray(identity, np.float64))[None])
+        out[idx] = moved[0].numpy()
+    return out
 
 
 def evaluate_emotion(model, extractor, root, split, present_only: bool = False):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from talking_head.cli import UsageError
+from talking_head.cli_common import UsageError
 from talking_head.constants import SAMPLE_RATE
 
 MIN_SECONDS = 10.0  # per video: below this the held-out tail (10 %) is under a second

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from talking_head.cli import UsageError
+from talking_head.cli_common import UsageError
 from talking_head.train_command import checks, stages
 from talking_head.train_command.progress import StatusLine, clock
 

@@ -61,6 +61,12 @@ class Work:
         self.logs, self.report = self.work / "logs", self.output / "report"
 
 
+def audio_encoder_flags() -> list[str]:
+    """The bundled Whisper encoder, for a landmark model fine-tuned from the bundled one (it reads its states)."""
+    folder = bundled_pipeline() / "audio_encoder"
+    return ["--audio_encoder", str(folder)] if folder.is_dir() else []
+
+
 def device_flags(device: str) -> list[str]:
     return ["--cpu"] if device == "cpu" else []
 
@@ -84,6 +90,7 @@ def train_landmarks(work: Work, minutes: float, from_scratch: bool, device: str)
     from talking_head.trainers import landmarks
 
     start = LANDMARK_SCRATCH if from_scratch else ["--pretrained_model", str(bundled_pipeline())] + LANDMARK_FINETUNE
+    start = start + ([] if from_scratch else audio_encoder_flags())
     argv = ["--data_dir", str(work.data), "--output_dir", str(work.landmarks), "--max_train_steps", MAX_STEPS,
             "--max_train_minutes", f"{minutes:.4f}", "--resume_from_checkpoint", "latest",
             *LANDMARK_FLAGS, *start, *device_flags(device)]
@@ -97,7 +104,8 @@ def train_renderer(work: Work, minutes: float, from_scratch: bool, device: str, 
     start = RENDERER_SCRATCH if from_scratch else ["--pretrained_unet", str(bundled_pipeline())] + RENDERER_FINETUNE
     argv = ["--data_dir", str(work.data), "--output_dir", str(work.renderer), "--max_train_steps", MAX_STEPS,
             "--max_train_minutes", f"{minutes:.4f}", "--resume_from_checkpoint", "latest",
-            "--landmark_model", str(landmark_model), *RENDERER_FLAGS, *start, *device_flags(device)]
+            "--landmark_model", str(landmark_model), *RENDERER_FLAGS, *start, *audio_encoder_flags(),
+            *device_flags(device)]
     diffusion.main(argv)
     return work.renderer / "pipeline"
 

@@ -82,6 +82,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--landmark_model", type=str, default=None,
                        help="a KFusionLandmarkModel folder (train_landmarks.py's OUTPUT_DIR/landmark_model) for "
                             "the saved pipeline; without it the pipeline keeps an UNTRAINED landmark model")
+    model.add_argument("--audio_encoder", type=str, default=None,
+                       help="the Whisper audio encoder a --landmark_model that reads encoder states needs (a saved "
+                            "encoder, or a pipeline folder with audio_encoder/); default: beside --landmark_model "
+                            "when that is a pipeline folder")
     model.add_argument("--emotion_model", type=str, default=None,
                        help="an emotion classifier folder (train_emotion.py's OUTPUT_DIR/emotion_classifier); "
                             "without it the pipeline has no classifier and uses the null emotion class")
@@ -193,12 +197,19 @@ def pretrained_region_points(path) -> list[int] | None:
 
 
 def load_companions(args):
-    """(landmark_model, emotion_classifier, feature_extractor, notes): trained ones from the given paths, or
-    untrained stand-ins, with a note saying so."""
+    """(landmark_model, emotion_classifier, feature_extractor, notes, audio_encoder): trained ones from the given
+    paths, or untrained stand-ins, with a note saying so."""
     notes = {}
+    audio_encoder = None
     if args.landmark_model:
-        landmark_model = KFusionLandmarkModel.from_pretrained(args.landmark_model)
+        path = Path(args.landmark_model)
+        landmark_model = KFusionLandmarkModel.from_pretrained(
+            path / "landmark_model" if (path / "landmark_model").is_dir() else path)
         notes["landmark_model"] = f"trained: {args.landmark_model}"
+        if landmark_model.reads_encoder_states:
+            from talking_head.trainers.landmarks import load_audio_encoder
+
+            audio_encoder = load_audio_encoder(args.audio_encoder or path)
     else:
         landmark_model = KFusionLandmarkModel()
         notes["landmark_model"] = "UNTRAINED (no --landmark_model given)"
@@ -214,7 +225,7 @@ def load_companions(args):
     if notes["landmark_model"].startswith("UNTRAINED"):
         logger.warning("the saved pipeline's landmark_model is UNTRAINED (no --landmark_model given): drive it "
                        "with landmarks=... or expect random lip motion until you pass a trained one")
-    return landmark_model, classifier, extractor, notes
+    return landmark_model, classifier, extractor, notes, audio_encoder
 
 
 def clip_overlap_for(clip_frames: int) -> int:
@@ -320,7 +331,7 @@ def main(argv=None) -> None:
     mask_noise = build_mask_noise(args.resolution, args.mask_noise_type, args.mask_mode,
                                   args.region_points or pretrained_region_points(args.pretrained_unet))
     noise_scheduler = default_ddpm_scheduler(args.prediction_type)
-    landmark_model, classifier, extractor, notes = load_companions(args)
+    landmark_model, classifier, extractor, notes, audio_encoder = load_companions(args)
 
 
     # Paper: Adam, lr 1e-4, cosine annealing over the run (AdamW with weight decay 0 is Adam).
@@ -341,7 +352,7 @@ def main(argv=None) -> None:
         validation_pipe = TalkingHeadPipeline(unet=accelerator.unwrap_model(unet),
                                               scheduler=default_ddpm_scheduler(args.prediction_type),
                                               landmark_model=landmark_model, mask_noise=mask_noise,
-                                              clip_frames=args.clip_frames,
+                                              audio_encoder=audio_encoder, clip_frames=args.clip_frames,
                                               clip_overlap=clip_overlap_for(args.clip_frames))
         validator = Validator(args, val_dataset, validation_pipe, accelerator, metrics)
 
@@ -379,6 +390,7 @@ def main(argv=None) -> None:
         pipe = TalkingHeadPipeline(unet=model, scheduler=default_ddpm_scheduler(args.prediction_type),
                                    landmark_model=landmark_model, mask_noise=mask_noise.to("cpu"),
                                    emotion_classifier=classifier, feature_extractor=extractor,
+                                   audio_encoder=None if audio_encoder is None else audio_encoder.to(torch.float16),
                                    clip_frames=args.clip_frames, clip_overlap=clip_overlap_for(args.clip_frames),
                                    # The class input learned the emotions only if the training clips had labels;
                                    # otherwise (unlabelled video) only its null row: never feed it another.

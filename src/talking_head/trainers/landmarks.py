@@ -64,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="tiny (0.1M parameters, for tests) or paper (KFusionLandmarkModel's defaults)")
     model.add_argument("--wav2vec2_model", type=str, default=None,
                        help="a local wav2vec 2.0 folder for the Context domain (the paper's); default: log-mel")
+    model.add_argument("--audio_encoder", type=str, default=None,
+                       help="a saved Whisper audio encoder (train/convert_whisper.py's output, or a pipeline folder "
+                            "with audio_encoder/): the Context domain reads its frozen states, cached once per "
+                            "dataset in <data>/encoder_states/ (DESIGN.md 8.3)")
+    model.add_argument("--encoder_layers", type=str, default=None,
+                       help="with --audio_encoder: comma-separated encoder layers the Context domain reads "
+                            "(default: the encoder's output_layers)")
     model.add_argument("--pretrained_model", type=str, default=None,
                        help="continue from a saved KFusionLandmarkModel folder (or a pipeline folder with "
                             "landmark_model/) instead of a fresh --preset one")
@@ -219,10 +226,24 @@ class LandmarkClipDataset(TalkingHeadClipDataset):
 
     Overrides the dataset's frame reader with a 1×1 black image: a landmark batch then costs the audio and
     landmark reads only. (If that reader is ever renamed, this just decodes frames again: slower, still right.)
+    With `state_cache` (talking_head.data.encoder_states), each item also gets "context_states": the audio
+    encoder's states of exactly the item's audio.
     """
+
+    def __init__(self, *args, state_cache=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.state_cache = state_cache
 
     def _frame(self, c: int, f: int) -> np.ndarray:  # noqa: D102
         return np.zeros((1, 1, 3), dtype=np.uint8)
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        if self.state_cache is not None:
+            fps, p = float(item["fps"]), self.audio_pad_frames
+            start = int(round((int(item["start_frame"]) - p) * SAMPLE_RATE / fps))
+            item["context_states"] = self.state_cache.window(item["clip_id"], start, item["audio"].shape[0])
+        return item
 
 
 class _ConcatWindows(torch.utils.data.ConcatDataset):
@@ -237,13 +258,57 @@ class _ConcatWindows(torch.utils.data.ConcatDataset):
         return [c for part in self.datasets for c in part.clips]
 
 
-def training_set(args, data_dir: Path):
+def load_audio_encoder(path):
+    """The frozen Whisper encoder of --audio_encoder (a saved encoder, or a pipeline folder holding one)."""
+    from talking_head.models.whisper_encoder import WhisperSpeechEncoder
+
+    path = Path(path)
+    if (path / "audio_encoder").is_dir():
+        path = path / "audio_encoder"
+    if not (path / "config.json").is_file():
+        raise ValueError(f"--audio_encoder {path}: no saved encoder there (make one with train/convert_whisper.py)")
+    return WhisperSpeechEncoder.from_pretrained(path).float()
+
+
+def state_caches(args, roots) -> dict:
+    """{root: EncoderStateCache} of each dataset for the encoder layers the model reads (built once, then read
+    from disk); sets args.encoder_layer_list and args.encoder_state_dim. Empty without --audio_encoder."""
+    pretrained = _pretrained_config(args.pretrained_model)
+    if not args.audio_encoder:
+        if pretrained.get("context_encoder") == "encoder_states":
+            raise ValueError(f"--pretrained_model {args.pretrained_model} reads audio-encoder states: give "
+                             "--audio_encoder (the encoder it was trained with)")
+        return {}
+    from talking_head.data.encoder_states import EncoderStateCache
+
+    encoder = load_audio_encoder(args.audio_encoder)
+    if args.encoder_layers:
+        layers = [int(x) for x in args.encoder_layers.split(",")]
+    else:
+        layers = pretrained.get("encoder_layers") or encoder.output_layers
+    args.encoder_layer_list, args.encoder_state_dim = list(layers), encoder.config.d_model
+    return {str(r): EncoderStateCache.build(encoder, r, args.encoder_layer_list) for r in roots}
+
+
+def _pretrained_config(path) -> dict:
+    if not path:
+        return {}
+    import json
+
+    path = Path(path)
+    path = path / "landmark_model" if (path / "landmark_model").is_dir() else path
+    return json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+
+
+def training_set(args, data_dir: Path, caches: dict | None = None):
     """The train split's windows: --data_dir's (--data_dir_repeat copies, each drawing its own windows and
     references) and each --extra_data_dir's."""
+    caches = caches or {}
+
     def train_set(root, copy=0):
         return LandmarkClipDataset(root, split="train", clip_frames=args.clip_frames, random_crop=True,
                                    seed=args.seed + 1000 * copy, audio_pad_frames=args.audio_context_frames,
-                                   reference=args.reference)
+                                   reference=args.reference, state_cache=caches.get(str(root)))
 
     if not args.extra_data_dir and args.data_dir_repeat == 1:
         return train_set(data_dir)
@@ -277,6 +342,9 @@ def build_model(args) -> KFusionLandmarkModel:
             model = fresh
         return model
     kwargs = dict(LANDMARK_PRESETS[args.preset])
+    if getattr(args, "audio_encoder", None):
+        kwargs.update(context_encoder="encoder_states", encoder_layers=list(args.encoder_layer_list),
+                      encoder_state_dim=int(args.encoder_state_dim))
     kwargs.update(getattr(args, "model_kwargs", None) or {})
     if args.wav2vec2_model:
         return KFusionLandmarkModel.from_wav2vec2_pretrained(args.wav2vec2_model, **kwargs)
@@ -337,7 +405,8 @@ def forward(model, batch, emotion_labels=None, context_frames: int = 0):
     each side (the dataset's audio_pad_frames); the model predicts all of them and the window's are returned."""
     frames = batch["landmarks"].shape[1]
     pred = model(batch["audio"], batch["reference_landmarks"], num_frames=frames + 2 * context_frames,
-                 fps=batch_fps(batch), emotion_labels=emotion_labels).landmarks
+                 fps=batch_fps(batch), emotion_labels=emotion_labels,
+                 context_states=batch.get("context_states")).landmarks
     return pred[:, context_frames: context_frames + frames]
 
 
@@ -403,6 +472,15 @@ def change_speed(batch, factor: float, context_frames: int):
     out = dict(batch)
     out["audio"] = piece
     out["landmarks"] = lms[:, lo] * (1 - w) + lms[:, hi] * w
+    if "context_states" in batch:  # cached encoder states, stretched and cut like the audio (one per 320 samples)
+        states = batch["context_states"].float().transpose(1, 2)
+        stretched = torch.nn.functional.interpolate(states, size=max(1, int(round(states.shape[2] * r))),
+                                                    mode="linear", align_corners=False)
+        first, count = int(round(offset / 320)), -(-length // 320)
+        cut = stretched[..., max(0, first): first + count]
+        before = max(0, -first)
+        cut = torch.nn.functional.pad(cut, (before, count - before - cut.shape[2]), mode="replicate")
+        out["context_states"] = cut.transpose(1, 2)
     return out
 
 
@@ -500,13 +578,13 @@ def augment(batch, args, generator: torch.Generator):
 
 
 class Validator:
-    def __init__(self, args, data_dir, accelerator, metrics: JsonlLog):
+    def __init__(self, args, data_dir, accelerator, metrics: JsonlLog, state_cache=None):
         self.args, self.accelerator, self.metrics = args, accelerator, metrics
         # Identity landmarks from the same held-out clip (another moment of it), like an identity photo
         # taken from the same recording.
         dataset = held_out(lambda split: LandmarkClipDataset(data_dir, split=split, clip_frames=args.clip_frames,
                                                              random_crop=False, seed=args.seed,
-                                                             reference="same_clip",
+                                                             reference="same_clip", state_cache=state_cache,
                                                              audio_pad_frames=args.audio_context_frames), data_dir)
         split = dataset.split
         n = min(len(dataset), args.validation_clips)
@@ -517,6 +595,8 @@ class Validator:
                                            seed=args.seed, sample_size=args.validation_video_size,
                                            reference="same_clip", audio_pad_frames=args.audio_context_frames)
         self.video_item = video_set[self.indices[0]]
+        if "context_states" in self.items[0]:  # the same window (same split, seed and index) as items[0]
+            self.video_item["context_states"] = self.items[0]["context_states"]
         self.static = None
 
     @torch.no_grad()
@@ -569,7 +649,8 @@ def main(argv=None) -> None:
     output_dir = Path(args.output_dir)
 
     data_dir = resolve_data_dir(args, accelerator, kind="video", size=64)
-    train_dataset = training_set(args, data_dir)
+    caches = state_caches(args, [data_dir, *[Path(d) for d in args.extra_data_dir]])
+    train_dataset = training_set(args, data_dir, caches)
 
     parts = train_dataset.datasets if isinstance(train_dataset, _ConcatWindows) else [train_dataset]
     args.emotion_offset_table = emotion_offset_table(parts, output_dir) if args.neutral_reference else None
@@ -597,7 +678,7 @@ def main(argv=None) -> None:
                 f"{sum(p.numel() for p in unwrapped.parameters() if p.requires_grad) / 1e6:.2f}M trainable parameters")
     validator = None
     if accelerator.is_main_process and args.validation_clips > 0:
-        validator = Validator(args, data_dir, accelerator, metrics)
+        validator = Validator(args, data_dir, accelerator, metrics, caches.get(str(data_dir)))
 
     def validate():
         if validator is None:

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Score a KFusionLandmarkModel's emotion in the face (and, optionally, its lip motion) without a renderer.
 
-    OMP_NUM_THREADS=1 python docs/results/emotion-face/eval_emotion.py MODEL_DIR --expression-data out/data/cremad \
-        [--scales 1,1.5,2] [--json OUT]
+    OMP_NUM_THREADS=1 python experiments/emotion_in_the_face/eval_emotion.py MODEL_DIR \
+        --expression-data out/data/cremad [--scales 1,1.5,2] [--json OUT]
 
 Same code paths as `talking-head evaluate --expression-data` (talking_head.evaluation.expression.expression_evaluation
 with the pipeline's chunked TalkingHeadPipeline.predict_landmarks), without loading a renderer, so one attempt is
-scored in seconds. Lip motion: docs/results/lip-motion/eval_landmarks.py.
+scored in seconds. Lip motion: experiments/lip_motion_scores/eval_landmarks.py.
 """
 import argparse
 import json

@@ -2,7 +2,7 @@
 how much of the miss is the speaker's own baseline (docs/results/emotion-classifier/README.md, "Stop 26").
 
     pip install opensmile        # openSMILE's eGeMAPS v02 functionals; not a dependency of the project
-    python docs/results/emotion-classifier/probe_features.py out/data/ravdess out/data/cremad \
+    python experiments/emotion_features_probe/probe_features.py out/data/ravdess out/data/cremad \
         [--classifier assets/pipeline/emotion_classifier]
 
 Features: the log-mel statistics of the front-end probe (per band: mean, spread, 10-90 % range, mean absolute

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per test clip: where a landmark model's mouth error is (landmark space, no renderer).
 
-    OMP_NUM_THREADS=1 python docs/results/lip-motion/amplitude_diag.py MODEL_DIR DATA_DIR
+    OMP_NUM_THREADS=1 python experiments/lip_motion_unseen_speakers/amplitude_diag.py MODEL_DIR DATA_DIR
 
 For each clip of DATA_DIR's test split (identity = its first frame with a face, as `talking-head evaluate`
 uses; the pipeline's mouth rest and smoothing through LandmarkStage; no emotion): the model's mouth M-LD, the

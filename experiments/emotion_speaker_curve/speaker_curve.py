@@ -7,7 +7,7 @@ training speakers: one per cross-validation fold, trained on that fold alone (`-
 eight); on 8: speaker_cv.sh's fold runs (the other two folds); on 12: the final members (all_s*). Then a line in
 log2(speakers) fitted to every run's figure, and where it would cross the goals.
 
-    python docs/results/emotion-classifier/speaker_curve.py out/data/ravdess out/data/cremad \
+    python experiments/emotion_speaker_curve/speaker_curve.py out/data/ravdess out/data/cremad \
         --runs 4 out/lc/em01 out/lc/em05 out/lc/em09 \
         --runs 8 out/emotion/cv/fold* out/emotion/cv2/fold* out/emotion/cv3/fold* \
         --runs 12 out/emotion/cv/all_s0 out/emotion/cv/all_s1 out/emotion/cv2/all_s2 \

@@ -3,7 +3,7 @@ and the seeds averaged (`EmotionClassifierEnsemble`, as it would ship) on the fo
 rule written down before the runs: the average ships if it beats the single runs' mean by >= 1 point of balanced
 accuracy over the folds and in at least two of them. Reads no test speaker.
 
-    python docs/results/emotion-classifier/speaker_cv.py out/data/ravdess out/emotion/cv [--json out.json]
+    python experiments/emotion_classifier_cv/speaker_cv.py out/data/ravdess out/emotion/cv [--json out.json]
 """
 
 import argparse

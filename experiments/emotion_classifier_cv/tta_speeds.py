@@ -5,8 +5,9 @@ two folds (the shipped procedure, logit_offsets.py), B = the same with every cli
 (`EmotionFeatureExtractor(test_time_speeds=...)`, the offsets fitted on B's own out-of-fold predictions). The rule
 (README, "Stop 34", committed before this ran): B ships if it beats A by >= 1 point of balanced accuracy over the
 six folds and in at least four of them. Reads no test speaker.
+README: docs/results/emotion-classifier/README.md (figures: its cv/tta_speeds.json, cv/tta_replication.json).
 
-    python docs/results/emotion-classifier/tta_speeds.py out/data/ravdess out/emotion/cv out/emotion/cv2 \
+    python experiments/emotion_classifier_cv/tta_speeds.py out/data/ravdess out/emotion/cv out/emotion/cv2 \
         [--json out.json]
 
 The replication (README, "Stop 34, replication", also written before its runs): seeds 6-8 in out/emotion/cv3,

@@ -3,7 +3,7 @@ out-of-fold predictions (speaker_cv.sh's fold runs: each utterance of the traini
 of the two runs that never heard its speaker) and judged by nested cross-validation (fit on two folds, score on
 the third). Prints the rule's verdict and the offsets fitted on all folds. Reads no test speaker.
 
-    python docs/results/emotion-classifier/logit_offsets.py out/data/ravdess out/emotion/cv [--json out.json]
+    python experiments/emotion_classifier_cv/logit_offsets.py out/data/ravdess out/emotion/cv [--json out.json]
 
 Stop 33 (the replication): `--members 3 --against_members 2` compares the three-seed averages with nested offsets
 against the two-seed averages without any; `--pool out/emotion/cv` fits the final offsets on both

@@ -11,7 +11,7 @@ Scored (one speed, no offsets, each member alone and the members averaged) on RA
 CREMA-D's 13 held-out actors (23 clips: never seen, not even unlabelled) and its 51 training actors (77 clips: their
 audio was read without labels, so a transductive figure). Reads no test label to choose anything.
 
-    python docs/results/emotion-classifier/probe_adabn.py out/data/ravdess out/data/cremad \
+    python experiments/emotion_classifier_cv/probe_adabn.py out/data/ravdess out/data/cremad \
         out/emotion/cv/all_s0 out/emotion/cv/all_s1 out/emotion/cv2/all_s2 [--json out.json]
 """
 

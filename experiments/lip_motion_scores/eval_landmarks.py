@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Score a KFusionLandmarkModel alone on prepared datasets, exactly as `talking-head evaluate` does.
 
-    OMP_NUM_THREADS=1 python docs/results/lip-motion/eval_landmarks.py MODEL_DIR DATA_DIR [DATA_DIR ...] [--json OUT]
+    OMP_NUM_THREADS=1 python experiments/lip_motion_scores/eval_landmarks.py MODEL_DIR DATA_DIR [DATA_DIR ...] \
+        [--json OUT]
 
 Uses talking_head.evaluation's own code paths (load_clips, Evaluation._predicted_landmarks with the
 pipeline's chunked TalkingHeadPipeline.predict_landmarks, Evaluation._evaluate_landmark_model) without

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Score a renderer for dubbing in a few minutes: the A/B figures of this folder's README.
+"""Score a renderer for dubbing in a few minutes: the A/B figures of docs/results/lower-face-renderer/README.md.
 
-    OMP_NUM_THREADS=1 python docs/results/lower-face-renderer/score_renderer.py PIPELINE_DIR [--data DIR]
+    OMP_NUM_THREADS=1 python experiments/renderer_dubbing_scores/score_renderer.py PIPELINE_DIR [--data DIR]
         [--sampler dpm:10]
 
 1. The dubbing protocol driven by the ground-truth landmarks (`talking-head evaluate --protocol dubbing

@@ -5,8 +5,9 @@ the other two folds (the shipped procedure); B = the same with every member's Ba
 average over the windows of the fold's eight training speakers' utterances as the extractor reads them (no
 augmentation, no label, no gradient), its offsets fitted on its own out-of-fold predictions. B ships if B - A >= 1
 point of balanced accuracy over the nine folds and > 0 in at least six. Reads no test speaker.
+README: docs/results/emotion-classifier/README.md (figures: its cv/bn_recalibration.json).
 
-    python docs/results/emotion-classifier/bn_recalibration.py out/data/ravdess out/emotion/cv out/emotion/cv2 \
+    python experiments/emotion_classifier_cv/bn_recalibration.py out/data/ravdess out/emotion/cv out/emotion/cv2 \
         out/emotion/cv3 [--json out.json]
 """
 
