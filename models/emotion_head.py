@@ -11,7 +11,7 @@ active frames (mean and standard deviation of each feature, over the states whos
 `active_floor_db` of the loudest; silence before, between and after the words is left out), standardises the
 pooled vector with statistics of the training clips (buffers saved with the weights), and maps it to the 8
 emotions with a linear layer or a one-hidden-layer MLP. Its `forward` returns **calibrated** logits: divided by
-`config.temperature`, fitted on speakers whose scores are not reported (train/train_emotion_head.py), so
+`config.calibration_temperature`, fitted on speakers whose scores are not reported (train/train_emotion_head.py), so
 `softmax(logits)` are the probabilities the pipeline draws with.
 
 "Drawn only as strongly as it is sure" (`draw_strength`): the emotion with the highest probability p is drawn
@@ -65,7 +65,8 @@ class WhisperEmotionHeadConfig(PretrainedConfig):
         pooling: "mean_std" (mean and standard deviation of each feature over the active frames) or "mean".
         hidden_size: 0 for a linear head, else the width of one hidden layer (GELU).
         dropout: on the standardised pooled vector (and the hidden layer) while training.
-        temperature: the logits are divided by it (calibration; 1 = none).
+        calibration_temperature: the logits are divided by it (temperature scaling; 1 = none). Not called
+            `temperature`: transformers reserves that name for generation.
         logit_offsets: None, or one number per emotion added to the logits before the temperature.
         draw_threshold: t of the drawing rule (see `draw_strength`).
         active_floor_db: states whose audio is more than this below the loudest state are not pooled (0: all).
@@ -76,7 +77,7 @@ class WhisperEmotionHeadConfig(PretrainedConfig):
     model_type = "whisper-emotion-head"
 
     def __init__(self, encoder_layer: int = 4, d_model: int = 512, pooling: str = "mean_std", hidden_size: int = 0,
-                 dropout: float = 0.2, temperature: float = 1.0, logit_offsets: list | None = None,
+                 dropout: float = 0.2, calibration_temperature: float = 1.0, logit_offsets: list | None = None,
                  draw_threshold: float = DEFAULT_DRAW_THRESHOLD, active_floor_db: float = 40.0,
                  piece_seconds: float = 10.0, max_pieces: int = 3, encoder_source: dict | None = None, **kwargs):
         id2label, label2id = _labels()
@@ -89,7 +90,7 @@ class WhisperEmotionHeadConfig(PretrainedConfig):
                   ("hidden_size", hidden_size, lambda v: isinstance(v, int) and v >= 0),
                   ("max_pieces", max_pieces, lambda v: isinstance(v, int) and v >= 1),
                   ("dropout", dropout, lambda v: _finite(v) and 0 <= v < 1),
-                  ("temperature", temperature, lambda v: _finite(v) and v > 0),
+                  ("calibration_temperature", calibration_temperature, lambda v: _finite(v) and v > 0),
                   ("draw_threshold", draw_threshold, lambda v: _finite(v) and 0 <= v < 1),
                   ("active_floor_db", active_floor_db, lambda v: _finite(v) and v >= 0),
                   ("piece_seconds", piece_seconds, lambda v: _finite(v) and v >= 1))
@@ -102,7 +103,7 @@ class WhisperEmotionHeadConfig(PretrainedConfig):
                 raise ValueError(f"logit_offsets must be {len(EMOTIONS)} finite numbers, got {logit_offsets}")
         self.encoder_layer, self.d_model, self.pooling = encoder_layer, d_model, pooling
         self.hidden_size, self.dropout = hidden_size, float(dropout)
-        self.temperature, self.logit_offsets = float(temperature), logit_offsets
+        self.calibration_temperature, self.logit_offsets = float(calibration_temperature), logit_offsets
         self.draw_threshold, self.active_floor_db = float(draw_threshold), float(active_floor_db)
         self.piece_seconds, self.max_pieces = float(piece_seconds), max_pieces
         self.encoder_source = encoder_source
@@ -209,7 +210,7 @@ class WhisperEmotionHead(PreTrainedModel):
         logits = self.classifier(x).float()
         if self.config.logit_offsets is not None:
             logits = logits + logits.new_tensor(self.config.logit_offsets)
-        return logits / self.config.temperature if calibrated else logits
+        return logits / self.config.calibration_temperature if calibrated else logits
 
     def forward(self, states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated logits (B, 8); `softmax(logits, -1)` are the emotion probabilities."""

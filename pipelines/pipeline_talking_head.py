@@ -41,6 +41,8 @@ from talking_head.face import preload_face_models
 from talking_head.identity import DEFAULT_MAX_SIZE, Photo, StillIdentity, VideoIdentity, is_video, load_photo
 from talking_head.landmark_stream import LandmarkStream
 from talking_head.models.emotion_classifier import predict_emotion
+from talking_head.models.emotion_head import (DEFAULT_DRAW_THRESHOLD, WhisperEmotionHead, check_emotion_head,
+                                              draw_strength)
 from talking_head.models.mask_noise import gaussian_blur
 from talking_head.models.whisper_encoder import check_audio_encoder
 from talking_head.mouth_box import BoxTrack, MouthBox, feather, follow_face
@@ -64,6 +66,9 @@ class TalkingHeadPipelineOutput(BaseOutput):
         emotion is only reported, see `detected_emotion_in_video`).
     emotion_probs: (B, 8) probabilities the classifier heard (also when `emotion` was given), or None
         without a classifier.
+    emotion_strength: per item, how strongly `emotion` was drawn: the `emotion_scale` given with an emotion
+        name; for a detected emotion, emotion_scale x the classifier's drawing strength (`detected_emotion_scale`;
+        0 when it rendered neutral). None for the null class.
     fps: frames per second of `frames`.
     audio: (B, S) float32 16 kHz mono audio that drove the video.
     sample_rate: the rate of `audio` (16000).
@@ -79,6 +84,7 @@ class TalkingHeadPipelineOutput(BaseOutput):
     audio: np.ndarray
     sample_rate: int
     frames_without_face: list[int] | None = None
+    emotion_strength: list[float | None] | None = None
 
 
 # The UNet's input channels (see `unet_input`): noisy box 3, masked context 3, region mask 1, landmark
@@ -108,11 +114,14 @@ def check_emotion_scale(emotion_scale) -> float:
     return float(emotion_scale)
 
 
-def detected_emotion_scale(emotion_scale: float, probs: np.ndarray | None, batch: int) -> np.ndarray:
+def detected_emotion_scale(emotion_scale: float, probs: np.ndarray | None, batch: int,
+                           threshold: float = DEFAULT_DRAW_THRESHOLD) -> np.ndarray:
     """(batch,) the emotion_scale per item: as given, or, for an emotion the classifier detected (`probs`, (B, 8)),
-    times the classifier's probability for it."""
+    times its drawing strength (`talking_head.models.emotion_head.draw_strength`): clip((p_max - t) / (1 - t), 0, 1)
+    with t = `threshold`, 0 when the most probable emotion is neutral. A detected emotion is drawn only as strongly
+    as the classifier is sure (DESIGN.md 8.4): below t, not at all."""
     scales = np.full(batch, float(emotion_scale), dtype=np.float32)
-    return scales if probs is None else scales * np.asarray(probs, dtype=np.float32).max(axis=1)
+    return scales if probs is None else scales * draw_strength(probs, threshold)[1]
 
 
 def _as_list(x):
@@ -231,10 +240,12 @@ class TalkingHeadPipeline(DiffusionPipeline):
         audio_encoder ([`WhisperSpeechEncoder`], optional): OpenAI's Whisper encoder, frozen; its states are the
             landmark model's Context domain when that model reads them (`landmark_model.reads_encoder_states`),
             and required then (DESIGN.md 8.3).
-        emotion_classifier (transformers classifier, optional): audio -> 8 MEAD emotions (a log-mel CNN, a
-            log-mel or waveform Transformer; `talking_head.models.emotion_classifier`).
-        feature_extractor ([`EmotionFeatureExtractor`] or [`Wav2Vec2FeatureExtractor`], optional): the
-            classifier's input processing.
+        emotion_classifier (transformers classifier, optional): audio -> 8 MEAD emotions: a
+            [`WhisperEmotionHead`] on the `audio_encoder`'s states (`talking_head.models.emotion_head`; calibrated,
+            its `draw_threshold` sets how sure it must be to draw), or an older stand-alone classifier (a log-mel
+            CNN, a log-mel or waveform Transformer; `talking_head.models.emotion_classifier`).
+        feature_extractor ([`EmotionFeatureExtractor`] or [`Wav2Vec2FeatureExtractor`], optional): a stand-alone
+            classifier's input processing (none for a `WhisperEmotionHead`).
 
     Config (saved in model_index.json):
         clip_frames: frames generated per UNet call.
@@ -335,7 +346,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
             names = [str(labels[i]).lower() for i in sorted(labels, key=int)] if labels else []
             if tuple(names) != EMOTIONS:
                 raise ValueError(f"emotion_classifier labels {names} differ from the project's {list(EMOTIONS)}")
-            if self.feature_extractor is None:
+            if isinstance(self.emotion_classifier, WhisperEmotionHead):  # reads the shared audio_encoder's states
+                check_emotion_head(self.emotion_classifier, self.audio_encoder)
+            elif self.feature_extractor is None:
                 raise ValueError("the pipeline has an emotion_classifier but no feature_extractor")
 
     @classmethod
@@ -449,9 +462,31 @@ class TalkingHeadPipeline(DiffusionPipeline):
     # ------------------------------------------------------------- components
     @torch.no_grad()
     def classify_emotion(self, waveforms: list[np.ndarray]) -> np.ndarray:
-        """(B, 8) emotion probabilities from 16 kHz waveforms."""
-        probs = predict_emotion(self.emotion_classifier, self.feature_extractor, waveforms)
+        """(B, 8) emotion probabilities from 16 kHz waveforms: a `WhisperEmotionHead` reads the shared
+        `audio_encoder`'s states (calibrated probabilities; long audio in a bounded number of pieces), an older
+        classifier its `feature_extractor`'s windows."""
+        if isinstance(self.emotion_classifier, WhisperEmotionHead):
+            probs = self.emotion_classifier.classify(self.audio_encoder, list(waveforms))
+        else:
+            probs = predict_emotion(self.emotion_classifier, self.feature_extractor, waveforms)
         return probs.float().cpu().numpy()
+
+    @property
+    def emotion_draw_threshold(self) -> float:
+        """t of the drawing rule (`detected_emotion_scale`): the classifier's `draw_threshold` when its config has
+        one (a `WhisperEmotionHead`, calibrated with it), else DEFAULT_DRAW_THRESHOLD."""
+        config = getattr(self.emotion_classifier, "config", None)
+        return float(getattr(config, "draw_threshold", DEFAULT_DRAW_THRESHOLD))
+
+    def detected_emotion(self, probs: np.ndarray, video: bool = False, emotion_scale: float = 1.0):
+        """(names drawn, strengths drawn) for (B, 8) probabilities of a detected emotion: the most probable
+        emotion at emotion_scale x its drawing strength (`detected_emotion_scale`), or "neutral" at 0 when the
+        classifier is unsure, hears neutral, or the identity does not draw a detected emotion (a video, see
+        `draws_detected_emotion`)."""
+        scales = detected_emotion_scale(emotion_scale, probs, len(probs), self.emotion_draw_threshold)
+        draws = self.draws_detected_emotion(video)
+        names = [EMOTIONS[int(k)] if draws and s > 0 else EMOTIONS[0] for k, s in zip(probs.argmax(axis=1), scales)]
+        return names, [float(s) if name != EMOTIONS[0] else 0.0 for name, s in zip(names, scales)]
 
     @torch.no_grad()
     def predict_landmarks(self, waveforms: torch.Tensor, identity_landmarks: torch.Tensor, num_frames: int,
@@ -622,8 +657,11 @@ class TalkingHeadPipeline(DiffusionPipeline):
             emotion_scale: how much of the emotion the landmarks show: landmarks = neutral + emotion_scale *
                 (emotion - neutral), from the landmark model with the neutral class and with the emotion;
                 0 = neutral, 1 = as learned (default), > 1 = exaggerated. A finite number >= 0. An emotion the
-                classifier detected (no `emotion=` given) is shown at emotion_scale x the classifier's
-                probability for it, so an unsure classifier draws a mild expression, never a strong wrong one.
+                classifier detected (no `emotion=` given) is shown at emotion_scale x its drawing strength,
+                clip((p - t) / (1 - t), 0, 1) for the classifier's (calibrated) probability p and threshold t
+                (`emotion_draw_threshold`), and not at all when it hears neutral: an unsure classifier draws
+                neutral, never a strong wrong expression (DESIGN.md 8.4). `emotion_strength` in the output says
+                what was drawn.
             fps: video frame rate. The frame count is round(duration * fps).
             sample_rate: the rate of an array/tensor `audio`.
             identity_landmarks: (68, 2) pixel landmarks of `identity_frame` (per item
@@ -687,9 +725,9 @@ class TalkingHeadPipeline(DiffusionPipeline):
         try:
             # 3. Emotion: the caller's choice, or the classifier's, or (no classifier) none: the null class.
             #    A video keeps its own expression: what the classifier heard is reported, not drawn (config).
-            names, probs = self._emotions(emotion, waves, sources)
+            names, probs, strengths = self._emotions(emotion, waves, sources, emotion_scale)
             labels = torch.tensor([emotion_label(n) for n in names], dtype=torch.long)
-            scales = detected_emotion_scale(emotion_scale, probs if emotion is None else None, batch)
+            scales = np.array([emotion_scale if s is None else s for s in strengths], dtype=np.float32)
             # 4. Landmarks for every output frame, in pixels of the frame it is drawn on (the landmark
             #    model's displacements from the reference's landmarks, unless given).
             #    Predicted landmarks are made chunk by chunk as the clips need them (talking_head.landmark_stream).
@@ -723,7 +761,7 @@ class TalkingHeadPipeline(DiffusionPipeline):
             return frames, landmarks_px, names
         return TalkingHeadPipelineOutput(frames=frames, landmarks=landmarks_px, emotion=names, emotion_probs=probs,
                                          fps=fps, audio=wave_batch.numpy(), sample_rate=SAMPLE_RATE,
-                                         frames_without_face=passed)
+                                         frames_without_face=passed, emotion_strength=strengths)
 
     # ------------------------------------------------------------- stages of _generate
     def _load_audio(self, audio, sample_rate, fps):
@@ -815,19 +853,26 @@ class TalkingHeadPipeline(DiffusionPipeline):
         `detected_emotion_in_video` (a video's face already shows the person's own expression)."""
         return not video or bool(self.config.detected_emotion_in_video)
 
-    def _emotions(self, emotion, waves, sources):
-        """(names to render, the classifier's probabilities or None): the caller's emotion wins over what the
-        classifier heard; the classifier still reports it (a bounded number of windows, whatever the length). A
-        detected emotion the identity does not draw (`draws_detected_emotion`) renders as neutral."""
+    def _emotions(self, emotion, waves, sources, emotion_scale: float = 1.0):
+        """(names to render, the classifier's probabilities or None, the strength each name is drawn with): the
+        caller's emotion wins over what the classifier heard (at `emotion_scale`); the classifier still reports
+        it (a bounded amount of audio, whatever the length). A detected emotion is drawn only as strongly as the
+        classifier is sure (`detected_emotion`): neutral when unsure, and on an identity that does not draw it
+        (`draws_detected_emotion`)."""
         batch = len(sources)
         probs = self.classify_emotion(waves) if self.emotion_classifier is not None else None
         if emotion is not None:
             names = [n.strip().lower() for n in _as_list(emotion)]
-            return (names * batch if len(names) == 1 else names), probs
+            names = names * batch if len(names) == 1 else names
+            return names, probs, [None if n == NO_EMOTION else float(emotion_scale) for n in names]
         if probs is None:
-            return [NO_EMOTION] * batch, None
-        return [EMOTIONS[int(k)] if self.draws_detected_emotion(isinstance(src, VideoIdentity)) else EMOTIONS[0]
-                for k, src in zip(probs.argmax(axis=1), sources)], probs
+            return [NO_EMOTION] * batch, None, [None] * batch
+        names, strengths = [], []
+        for row, src in zip(probs, sources):
+            name, strength = self.detected_emotion(row[None], isinstance(src, VideoIdentity), emotion_scale)
+            names += name
+            strengths += strength
+        return names, probs, strengths
 
     def _render(self, sources, points, labels, t_start, num_inference_steps, guidance_scale, generator,
                 callback_on_step_end, callback_on_step_end_tensor_inputs, emit) -> None:

@@ -139,8 +139,9 @@ def test_demo_renders_the_bundled_person_with_the_bundled_pipeline(tmp_path, cap
     assert main(["demo", "--output", str(out)]) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     assert "UNTRAINED" not in captured.err
-    # The CLI says what the classifier heard and what it rendered.
-    assert re.search(r"emotion: detected: [a-z]+ \(0\.\d\d\); rendered: [a-z]+\n", captured.out), captured.out
+    # The CLI says what the classifier heard and what it drew, with the strength (issue 38).
+    assert re.search(r"emotion: heard [a-z]+ \([01]\.\d\d\); drawn: [a-z]+ \(strength [01]\.\d\d\)\n",
+                     captured.out), captured.out
     info = probe_media(out)
     # The bundled photo is a whole 1280x720 frame: the MP4 is that photo, capped at 1024 on the long side.
     assert info["has_video"] and info["has_audio"] and info["video_size"] == (1024, 576)

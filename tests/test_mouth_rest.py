@@ -60,9 +60,11 @@ def test_pipeline_rests_the_mouth_on_silence_and_can_be_told_not_to():
     torch.testing.assert_close(free[0, :, others], rested[0, :, others])  # the rest of the face unchanged
 
 
-def test_a_detected_emotion_is_shown_in_proportion_to_the_classifiers_probability():
+def test_a_detected_emotion_is_shown_only_as_strongly_as_the_classifier_is_sure():
+    """Issue 38: strength = clip((p_max - t) / (1 - t), 0, 1), and 0 for a predicted neutral."""
     from talking_head.pipelines.pipeline_talking_head import detected_emotion_scale
 
-    probs = np.array([[0.1, 0.6, 0.0, 0.1, 0.1, 0.05, 0.05, 0.0], [0.9, 0.1, 0, 0, 0, 0, 0, 0]], np.float32)
-    np.testing.assert_allclose(detected_emotion_scale(1.5, probs, 2), [0.9, 1.35], rtol=1e-6)
+    probs = np.array([[0.1, 0.6, 0.0, 0.1, 0.1, 0.05, 0.05, 0.0], [0.9, 0.1, 0, 0, 0, 0, 0, 0],
+                      [0.05, 0.9, 0, 0.05, 0, 0, 0, 0], [0.2, 0.4, 0, 0.2, 0.2, 0, 0, 0]], np.float32)
+    np.testing.assert_allclose(detected_emotion_scale(1.5, probs, 4), [0.3, 0.0, 1.2, 0.0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(detected_emotion_scale(1.5, None, 2), [1.5, 1.5])  # an emotion the caller gave

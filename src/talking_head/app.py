@@ -25,6 +25,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from talking_head.cli_common import emotion_line  # noqa: E402
 from talking_head.constants import DEFAULT_FPS, EMOTIONS, NO_EMOTION, SAMPLE_RATE  # noqa: E402
 
 log = logging.getLogger("talking_head.app")
@@ -263,17 +264,19 @@ class TalkingHeadApp:
     def _describe(self, result, emotion, kind: str, width: int, height: int, seconds: float) -> str:
         frames = int(result.landmarks.shape[1])
         shown = result.emotion[0]
+        strengths = getattr(result, "emotion_strength", None)
+        strength = strengths[0] if strengths else None
         if emotion is not None:
-            how = "chosen"
+            line = f"{shown} (chosen)" + (f", strength {float(strength):.2f}" if strength is not None else "")
             if result.emotion_probs is not None:
                 probs = np.asarray(result.emotion_probs)[0]
-                how += f"; the classifier heard {EMOTIONS[int(np.argmax(probs))]}, p = {float(np.max(probs)):.2f}"
+                line += f"; the classifier heard {EMOTIONS[int(np.argmax(probs))]} ({float(np.max(probs)):.2f})"
         elif result.emotion_probs is None:
-            how = "auto; no classifier: neutral/null class"
-        else:
-            how = f"auto; the classifier heard it, p = {float(np.max(result.emotion_probs)):.2f}"
+            line = f"{shown} (auto; no classifier: neutral/null class)"
+        else:  # what the classifier heard, and what was drawn: only as strongly as it is sure (issue 38)
+            line = emotion_line(result)
         mode = "still head from the photo" if kind == "photo" else "dubbing the video"
-        return (f"**Emotion:** {shown} ({how})  \n"
+        return (f"**Emotion:** {line}  \n"
                 f"**Duration:** {frames / DEFAULT_FPS:.2f} s ({frames} frames at {DEFAULT_FPS:g} fps, "
                 f"{width}x{height})  \n"
                 f"**Generated in:** {seconds:.1f} s on {self.device} ({mode})")

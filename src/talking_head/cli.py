@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from talking_head.argtypes import positive_float, positive_int
-from talking_head.cli_common import DEMO_SAMPLER, DEMO_STEPS, UsageError, assets_dir
+from talking_head.cli_common import DEMO_SAMPLER, DEMO_STEPS, UsageError, assets_dir, emotion_line
 from talking_head.constants import DEFAULT_FPS, EMOTIONS, NO_EMOTION
 
 # UsageError, DEMO_SAMPLER, DEMO_STEPS and assets_dir are shared with the commands this module wires (app, train),
@@ -132,7 +132,6 @@ def cmd_init(args) -> int:
 
 
 def _generate(args, pipeline_dir, audio, identity, output) -> int:
-    import numpy as np
     import torch
 
     from talking_head.audio import load_audio
@@ -185,13 +184,8 @@ def _generate(args, pipeline_dir, audio, identity, output) -> int:
         live.done()
     seconds = time.perf_counter() - started
     frames = result.landmarks.shape[1]
-    if result.emotion_probs is None:
-        heard = "no emotion classifier"
-    else:
-        probs = np.asarray(result.emotion_probs)[0]
-        heard = f"detected: {EMOTIONS[int(np.argmax(probs))]} ({float(np.max(probs)):.2f})"
     kept = not args.emotion and result.emotion_probs is not None and not pipe.draws_detected_emotion(is_video(identity))
-    print(f"emotion: {heard}; rendered: {result.emotion[0]}" + (" (given)" if args.emotion else "")
+    print(f"emotion: {emotion_line(result, given=bool(args.emotion))}"
           + (" (a video keeps its own expression; --emotion NAME draws one)" if kept else ""))
     how = "given" if args.emotion else ("detected" if result.emotion_probs is not None else "no classifier")
     height, width = writer.frame_size or (0, 0)

@@ -17,7 +17,7 @@ points, and every output value is an interpolation of input values.
 
 A triangle that is degenerate (area near 0, in the target or the reference) or folded (mirrored between the
 reference and the target: a profile view, landmarks crossing) moves nothing: pixels no valid triangle claims
-show the reference unwarped. `trust` is 0 there, on the footprint of folded triangles, and inside the
+show the reference unwarped. `trust` is 0 there, on the footprint of those triangles, and inside the
 target's inner mouth (points 60-67) when it is open wider than the reference's: a warp cannot make teeth or
 the inside of a mouth; that is the renderer's job.
 """
@@ -162,7 +162,7 @@ def warp_box(reference_box: torch.Tensor, reference_points: torch.Tensor, target
     pixels = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)  # (P, 2): pixel centres
     sample = pixels.expand(batch, -1, -1)  # where each output pixel reads the reference: unwarped by default
     claimed = torch.zeros(batch, pixels.shape[0], dtype=torch.bool, device=device)
-    folded = torch.zeros_like(claimed)
+    in_fallback = torch.zeros_like(claimed)  # inside a fallback triangle's footprint
     # A loop over the ~90 triangles (not over pixels): memory stays (B, P) whatever the box size.
     for k in range(triangles.shape[0]):
         bary, inside = _barycentric(pixels, dst_tri[:, k])
@@ -170,7 +170,7 @@ def warp_box(reference_box: torch.Tensor, reference_points: torch.Tensor, target
         take = inside & good & ~claimed
         sample = torch.where(take[..., None], bary @ src_tri[:, k], sample)
         claimed |= take
-        folded |= inside & ~good
+        in_fallback |= inside & ~good
     grid = (2 * sample - 1).reshape(batch, height, width, 2).to(reference_box.dtype)
     warped = F.grid_sample(reference_box.expand(batch, -1, -1, -1), grid, mode="bilinear", padding_mode="border",
                            align_corners=False)
@@ -179,7 +179,7 @@ def warp_box(reference_box: torch.Tensor, reference_points: torch.Tensor, target
     target_mouth, reference_mouth = (p[:, inner].detach().to(device, dtype) for p in (target, reference))
     opened = _polygon_area(target_mouth) > _polygon_area(reference_mouth) + OPEN_MARGIN  # (B,)
     mouth = _inside_polygon(pixels, target_mouth) & opened[:, None]
-    trust = claimed & ~folded & ~mouth
+    trust = claimed & ~in_fallback & ~mouth
     return WarpOutput(warped=warped, trust=trust.reshape(batch, 1, height, width).to(reference_box.dtype),
                       fallback=fallback)
 

@@ -75,9 +75,14 @@ def add_evaluate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--emotion-split", default=None, help="its split (default: --split)")
     p.add_argument("--emotion-classifier", default=None,
                    help="a classifier checkpoint directory to score instead of the pipeline's")
-    p.add_argument("--emotion-cross-corpus", default=None, metavar="PREPARED",
+    p.add_argument("--emotion-cross-corpus", default=None, metavar="PREPARED[:SPLIT]",
                    help="another emotion-labelled corpus (e.g. talking-head prepare cremad): the classifier is "
-                        "also scored on all of it, choosing among the classes that corpus has")
+                        "also scored on all of it (or on SPLIT, e.g. :test for the actors a head trained on its "
+                        ":train never heard), choosing among the classes that corpus has")
+    p.add_argument("--calm-speech", type=_str_list, default=(), metavar="PREPARED[:SPLIT],...",
+                   help="the calm-speech check (issue 38): the share of clips without an acted emotion (no label, "
+                        "or neutral) rendered neutral or nearly so (drawn strength < 0.3), and of emotional clips "
+                        "drawn with their own emotion (default: the evaluated clips, when they have no labels)")
     p.add_argument("--expression-data", default=None,
                    help="emotion-labelled faces split by actor (talking-head prepare cremad): score emotion in the "
                         "face with a landmark expression classifier (real held-out vs generated), and render the "
@@ -110,7 +115,7 @@ def cmd_evaluate(args) -> int:
         scheduler_sweep=tuple(args.scheduler), seed=args.seed, device=args.device, dtype=args.dtype,
         emotion=args.emotion, guidance_scale=args.guidance_scale, emotion_data=args.emotion_data,
         emotion_split=args.emotion_split, emotion_classifier=args.emotion_classifier, samples=args.samples,
-        emotion_cross_corpus=args.emotion_cross_corpus,
+        emotion_cross_corpus=args.emotion_cross_corpus, calm_speech=tuple(args.calm_speech),
         resolution=args.resolution, landmarks=not args.no_landmarks, note=args.note, quiet=args.quiet,
         expression_data=args.expression_data, expression_scale=args.expression_scale,
         expression_sheet=not args.no_expression_sheet,
@@ -125,6 +130,12 @@ def cmd_evaluate(args) -> int:
         print()
     if metrics.get("verdict"):
         print(f"verdict: the pipeline {metrics['verdict']['line']}")
+    calm = metrics.get("calm_speech") or {}
+    if calm.get("clips"):
+        print(f"calm speech: {100 * calm['neutral_share']:.1f} % of {calm['clips']} clips rendered neutral or nearly so")
+    if calm.get("emotional"):
+        print(f"emotional clips: {100 * calm['emotional']['right_drawn_share']:.1f} % of "
+              f"{calm['emotional']['clips']} drawn with their own emotion")
     print(f"wrote {args.output}/report.md")
     return 0
 

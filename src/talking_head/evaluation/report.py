@@ -401,11 +401,18 @@ def _classifier_and_expression_lines(m: dict, out: Path, files: list) -> list[st
                                  f"`{emo['data']}` split `{emo['split']}` (speakers {', '.join(map(str, emo['speakers']))})")
             x = emo.get("cross_corpus")
             if x:
+                which = "all of it" if x.get("split") in (None, "all") else f"its `{x['split']}` split"
                 md += ["### Cross-corpus", "",
-                       "The same classifier on another corpus it never trained on, all of it; it chooses among "
-                       f"that corpus's {len(x['classes'])} classes ({', '.join(x['classes'])}).", ""]
+                       f"The same classifier on another corpus' speakers it never trained on, {which}; it chooses "
+                       f"among that corpus's {len(x['classes'])} classes ({', '.join(x['classes'])}).", ""]
                 md += _emotion_lines(x, out, files, "emotion_confusion_cross_corpus.png",
                                      f"`{x['data']}` ({len(x['speakers'])} speakers)")
+
+    calm = m.get("calm_speech")
+    if calm:
+        from talking_head.evaluation.calm_speech import report_lines as calm_speech_lines
+
+        md += [f"Calm-speech check not run: {calm['skipped']}.", ""] if "skipped" in calm else calm_speech_lines(calm)
 
     if m.get("expression"):
         from talking_head.evaluation.expression import report_lines

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from talking_head.constants import EMOTIONS, NO_EMOTION, SAMPLE_RATE
+from talking_head.constants import EMOTIONS, NO_EMOTION, NULL_EMOTION, SAMPLE_RATE
 from talking_head.evaluation.clips import EvalClip, load_clips
 from talking_head.evaluation.face_measures import FaceMeasures, MeasuredClipScorer, summarise_measures
 from talking_head.evaluation.metrics import LD_SIZE, landmark_distance
@@ -79,7 +79,8 @@ class EvalConfig:
     emotion_data: str | None = None
     emotion_split: str | None = None  # default: split
     emotion_classifier: str | None = None  # a classifier checkpoint instead of the pipeline's
-    emotion_cross_corpus: str | None = None  # another labelled corpus, all of it, scored on its own classes
+    emotion_cross_corpus: str | None = None  # another labelled corpus (DIR or DIR:SPLIT), scored on its own classes
+    calm_speech: tuple = ()  # prepared sets (DIR or DIR:SPLIT) for the calm-speech check (issue 38)
     expression_data: str | None = None  # emotion-labelled faces (prepare cremad): emotion in the face (issue 16)
     expression_scale: float = 1.0  # the pipeline's emotion_scale for the generated expressions
     expression_sheet: bool = True  # with expression_data: the demo photo rendered with each emotion
@@ -125,6 +126,7 @@ def config_to_command(cfg: EvalConfig) -> str:
             ("--emotion-data", cfg.emotion_data, None), ("--emotion-split", cfg.emotion_split, None),
             ("--emotion-classifier", cfg.emotion_classifier, None), ("--samples", cfg.samples, default.samples),
             ("--emotion-cross-corpus", cfg.emotion_cross_corpus, None),
+            ("--calm-speech", ",".join(cfg.calm_speech), ""),
             ("--expression-data", cfg.expression_data, None),
             ("--expression-scale", cfg.expression_scale, default.expression_scale),
             ("--resolution", cfg.resolution, None), ("--seed", cfg.seed, default.seed),
@@ -220,7 +222,8 @@ class Evaluation:
     def __init__(self, config: EvalConfig, pipe=None):
         self.cfg = config
         self.pipe = pipe
-        self.emotion_scales: dict = {}  # clip id -> emotion_scale of a detected emotion (its probability)
+        self.emotion_scales: dict = {}  # clip id -> emotion_scale of a detected emotion (its drawing strength)
+        self.detections: dict = {}  # clip id -> (8,) probabilities the pipeline's classifier heard
         self.out = Path(config.output)
         self.log_lines: list[str] = []
         self.metrics: dict = {}
@@ -240,7 +243,7 @@ class Evaluation:
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
         if not cfg.methods and not cfg.t_start_sweep and not cfg.scheduler_sweep and cfg.emotion_data is None \
-                and cfg.expression_data is None:
+                and cfg.expression_data is None and not cfg.calm_speech:
             raise ValueError("nothing to evaluate: no methods, sweeps or emotion data")
         needs_pipe = any(m not in NO_MODEL_METHODS for m in cfg.methods) or cfg.t_start_sweep or cfg.scheduler_sweep
         if needs_pipe and cfg.pipeline is None and self.pipe is None:
@@ -314,14 +317,17 @@ class Evaluation:
             return clip.emotion, "label"
         if self.pipe is not None and self.pipe.emotion_classifier is not None:
             probs = self.pipe.classify_emotion([clip.audio])
+            self.detections[clip.clip_id] = probs[0]  # the calm-speech check reads them (unlabelled clips)
             heard = EMOTIONS[int(probs[0].argmax())]
             if not self.pipe.draws_detected_emotion(video=self.cfg.protocol == "dubbing"):
                 # As the pipeline does for a video identity: what the classifier heard is reported, not drawn.
                 return EMOTIONS[0], (f"classifier heard {heard} ({float(probs[0].max()):.2f}); "
                                      "a video keeps its own expression")
-            # Shown as the pipeline shows a detected emotion: scaled by the classifier's probability.
-            self.emotion_scales[clip.clip_id] = float(probs[0].max())
-            return heard, "classifier"
+            # Drawn as the pipeline draws a detected emotion: only as strongly as the classifier is sure.
+            names, strengths = self.pipe.detected_emotion(probs)
+            self.emotion_scales[clip.clip_id] = strengths[0]
+            return names[0], (f"classifier heard {heard} ({float(probs[0].max()):.2f}), drawn at strength "
+                              f"{strengths[0]:.2f}")
         if mode == "classifier":
             raise ValueError("--emotion classifier: the pipeline has no emotion classifier")
         return NO_EMOTION, "default (no label, no classifier: the null class)"
@@ -565,18 +571,54 @@ class Evaluation:
         return gen_time
 
     # ------------------------------------------------------------------ emotion
-    def _evaluate_emotion(self):
+    def _emotion_model(self):
+        """(classifier, what it reads: its feature extractor or, for a `WhisperEmotionHead`, the audio encoder,
+        where it came from) of --emotion-classifier, else the pipeline's; (None, None, None) when there is none."""
         cfg = self.cfg
-        model = extractor = None
-        source = None
+        if getattr(self, "_emotion_model_cache", None) is not None:
+            return self._emotion_model_cache
+        model = reader = source = None
         if cfg.emotion_classifier is not None:
-            from talking_head.models.emotion_classifier import load_emotion_classifier, load_emotion_feature_extractor
+            import json
 
-            model = load_emotion_classifier(cfg.emotion_classifier)
-            extractor = load_emotion_feature_extractor(cfg.emotion_classifier, model)
+            from talking_head.models.emotion_head import WhisperEmotionHead, WhisperEmotionHeadConfig
+
+            config_file = Path(cfg.emotion_classifier) / "config.json"
+            kind = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
+            if kind == WhisperEmotionHeadConfig.model_type:
+                model = WhisperEmotionHead.from_pretrained(cfg.emotion_classifier).eval()
+                reader = self._audio_encoder_for(Path(cfg.emotion_classifier))
+            else:
+                from talking_head.models.emotion_classifier import (load_emotion_classifier,
+                                                                    load_emotion_feature_extractor)
+
+                model = load_emotion_classifier(cfg.emotion_classifier)
+                reader = load_emotion_feature_extractor(cfg.emotion_classifier, model)
             source = str(cfg.emotion_classifier)  # as given: a report names no machine path
         elif self.pipe is not None and self.pipe.emotion_classifier is not None:
-            model, extractor, source = self.pipe.emotion_classifier, self.pipe.feature_extractor, "pipeline"
+            from talking_head.models.emotion_head import WhisperEmotionHead
+
+            model, source = self.pipe.emotion_classifier, "pipeline"
+            reader = self.pipe.audio_encoder if isinstance(model, WhisperEmotionHead) else self.pipe.feature_extractor
+        self._emotion_model_cache = (model, reader, source) if model is not None else None
+        return model, reader, source
+
+    def _audio_encoder_for(self, head_folder: Path):
+        """The audio encoder a head given by --emotion-classifier reads: the pipeline's, else the `audio_encoder`
+        folder beside the head's (a pipeline folder's)."""
+        if self.pipe is not None and self.pipe.audio_encoder is not None:
+            return self.pipe.audio_encoder
+        beside = head_folder.parent / "audio_encoder"
+        if not beside.is_dir():
+            raise ValueError(f"--emotion-classifier {head_folder} is a head on the audio encoder's states; give "
+                             "--pipeline with an audio_encoder, or a head inside a pipeline folder")
+        from talking_head.models.whisper_encoder import WhisperSpeechEncoder
+
+        return WhisperSpeechEncoder.from_pretrained(beside).float()
+
+    def _evaluate_emotion(self):
+        cfg = self.cfg
+        model, extractor, source = self._emotion_model()
         if model is None:
             return {"skipped": "no emotion classifier (the pipeline has none and --emotion-classifier was not given)"}
         root = cfg.emotion_data or cfg.data
@@ -589,9 +631,37 @@ class Evaluation:
             raise
         result["classifier"] = source
         if cfg.emotion_cross_corpus is not None:
-            result["cross_corpus"] = evaluate_emotion(model, extractor, cfg.emotion_cross_corpus, None,
-                                                      present_only=True)
+            from talking_head.evaluation.calm_speech import parse_data_spec
+
+            root, cross_split = parse_data_spec(cfg.emotion_cross_corpus)
+            result["cross_corpus"] = evaluate_emotion(model, extractor, root, cross_split, present_only=True)
         return result
+
+    def _evaluate_calm_speech(self) -> dict | None:
+        """The calm-speech check (talking_head.evaluation.calm_speech) on --calm-speech's sets, else on the
+        evaluated clips the pipeline's classifier heard (clips without an emotion label); None when neither."""
+        from talking_head.evaluation.calm_speech import calm_speech_check, summarise
+        from talking_head.evaluation.emotion import emotion_probabilities
+        from talking_head.models.emotion_head import DEFAULT_DRAW_THRESHOLD
+
+        cfg = self.cfg
+        if cfg.calm_speech:
+            model, reader, source = self._emotion_model()
+            if model is None:
+                return {"skipped": "no emotion classifier (the pipeline has none and --emotion-classifier was not "
+                                   "given)"}
+            threshold = float(getattr(model.config, "draw_threshold", DEFAULT_DRAW_THRESHOLD))
+            result = calm_speech_check(lambda waves: emotion_probabilities(model, reader, waves), threshold,
+                                       cfg.calm_speech, log=self.log)
+            result["classifier"] = source
+            return result
+        if self.detections:
+            name = Path(cfg.data).name + f":{cfg.split}"
+            items = [{"data": name, "clip_id": c, "label": NULL_EMOTION, "probs": p} for c, p in self.detections.items()]
+            result = summarise(items, self.pipe.emotion_draw_threshold)
+            result["classifier"] = "pipeline"
+            return result
+        return None
 
     def _evaluate_expression(self) -> dict:
         """Emotion in the face (talking_head.evaluation.expression): the landmark expression classifier's
@@ -639,7 +709,7 @@ class Evaluation:
         self._load_pipeline()
         self.out.mkdir(parents=True, exist_ok=True)
         self._start_detector()
-        self.emotion_scales = {}
+        self.emotion_scales, self.detections = {}, {}
         self.emotions = {c.clip_id: self._emotion_for(c) for c in self.clips}
         self.metrics.update(self._header(skipped))
         self.frames_out, self.runs, self.predicted = {}, {}, {}
@@ -771,6 +841,16 @@ class Evaluation:
                 x = e["cross_corpus"]
                 self.log(f"emotion classifier, cross-corpus {x['data']}: accuracy {x['accuracy']:.3f} on "
                          f"{x['n']} utterances ({len(x['classes'])} classes)")
+        self._save()
+        c = self._evaluate_calm_speech()
+        if c is not None:
+            m["calm_speech"] = c
+            if c.get("clips"):
+                self.log(f"calm speech: {100 * c['neutral_share']:.1f} % of {c['clips']} calm clips rendered neutral "
+                         "or nearly so")
+            if c.get("emotional"):
+                self.log(f"emotional clips: {100 * c['emotional']['right_drawn_share']:.1f} % of "
+                         f"{c['emotional']['clips']} drawn with their own emotion")
 
     def _finish(self) -> dict:
         """The detector's cost, the verdict, the report."""
