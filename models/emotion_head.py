@@ -67,7 +67,9 @@ class WhisperEmotionHeadConfig(PretrainedConfig):
         dropout: on the standardised pooled vector (and the hidden layer) while training.
         calibration_temperature: the logits are divided by it (temperature scaling; 1 = none). Not called
             `temperature`: transformers reserves that name for generation.
-        logit_offsets: None, or one number per emotion added to the logits before the temperature.
+        logit_offsets: None, or one number per emotion added to the calibrated logits: a prior over the emotions
+            (log prior ratios), e.g. that most speech a user brings is calm, which a class-balanced training set
+            does not say.
         draw_threshold: t of the drawing rule (see `draw_strength`).
         active_floor_db: states whose audio is more than this below the loudest state are not pooled (0: all).
         piece_seconds, max_pieces: long audio is read as at most `max_pieces` evenly spaced pieces of this length.
@@ -202,15 +204,19 @@ class WhisperEmotionHead(PreTrainedModel):
         return pool_states(states, attention_mask, self.config.pooling)
 
     def logits_from_pooled(self, pooled: torch.Tensor, calibrated: bool = True) -> torch.Tensor:
-        """(B, feature_size) pooled vectors -> (B, 8) logits (divided by the temperature when `calibrated`)."""
+        """(B, feature_size) pooled vectors -> (B, 8) logits; `calibrated`: divided by the temperature, plus the
+        `logit_offsets` (a prior), else the raw logits (training)."""
         x = (pooled.float() - self.feature_mean.float()) / self.feature_std.float()
         x = self.dropout(x.to(self.classifier.weight.dtype))
         if self.hidden is not None:
             x = self.dropout(F.gelu(self.hidden(x)))
         logits = self.classifier(x).float()
+        if not calibrated:
+            return logits
+        logits = logits / self.config.calibration_temperature
         if self.config.logit_offsets is not None:
             logits = logits + logits.new_tensor(self.config.logit_offsets)
-        return logits / self.config.calibration_temperature if calibrated else logits
+        return logits
 
     def forward(self, states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Calibrated logits (B, 8); `softmax(logits, -1)` are the emotion probabilities."""

@@ -16,7 +16,8 @@ train/convert_whisper.py) with two things of its own:
 * **Hidden states of chosen layers.** `layers` (default: the config's `output_layers`) picks which layers'
   outputs are returned, concatenated along the features; only the layers up to the deepest one asked for run.
   Layer 0 is the convolutional stem plus positions, layer k the k-th transformer block's output; the final
-  layer norm is applied to the last layer only, as in Whisper.
+  layer norm is applied to the full model's last layer only, as in Whisper (`final_norm_layer`: a truncated
+  copy gives exactly the full model's states for the layers it keeps).
 
 State i is centred at i / 50 s of its input (the log-mel hop is 10 ms, centred frames; the second convolution
 halves the rate): `STATE_RATE` states per second.
@@ -91,6 +92,28 @@ class WhisperSpeechEncoder(WhisperEncoder):
     def train(self, mode: bool = True):
         return super().train(False)
 
+    def truncated(self, keep_layers: int, output_layers=None) -> "WhisperSpeechEncoder":
+        """A copy with the first `keep_layers` blocks only (the layers above the deepest one read are never run,
+        so they need not ship); `output_layers` becomes its default `encode` layers."""
+        if not 1 <= keep_layers <= self.config.encoder_layers:
+            raise ValueError(f"keep_layers must be in [1, {self.config.encoder_layers}], got {keep_layers}")
+        config = self.config.__class__.from_dict(self.config.to_dict())
+        config.encoder_layers = int(keep_layers)
+        config.final_norm_layer = self.final_norm_layer  # the kept layers' states stay those of the full model
+        config.output_layers = list(output_layers or [keep_layers])
+        if max(config.output_layers) > keep_layers:
+            raise ValueError(f"output_layers {config.output_layers} go deeper than the {keep_layers} kept")
+        small = WhisperSpeechEncoder(config)
+        small.load_state_dict({k: v for k, v in self.state_dict().items()
+                               if not k.startswith("layers.") or int(k.split(".")[1]) < keep_layers})
+        return small.to(self.dtype)
+
+    @property
+    def final_norm_layer(self) -> int:
+        """The layer whose output gets Whisper's final layer norm: the full model's last (beyond a truncated copy's
+        blocks, so never applied there)."""
+        return int(getattr(self.config, "final_norm_layer", None) or self.config.encoder_layers)
+
     @property
     def output_layers(self) -> list[int]:
         layers = getattr(self.config, "output_layers", None)
@@ -125,7 +148,7 @@ class WhisperSpeechEncoder(WhisperEncoder):
         outputs = {0: h}
         for k, layer in enumerate(self.layers[: max(layers)], start=1):
             h = layer(h, None)
-            outputs[k] = self.layer_norm(h) if k == self.config.encoder_layers else h
+            outputs[k] = self.layer_norm(h) if k == self.final_norm_layer else h
         return torch.cat([outputs[k] for k in layers], dim=-1).float()
 
     @torch.no_grad()

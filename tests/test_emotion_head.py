@@ -84,8 +84,8 @@ def test_temperature_and_offsets_act_on_the_logits():
     raw = head(states)
     head.config.calibration_temperature = 2.0
     assert torch.allclose(head(states), raw / 2, atol=1e-6)
-    head.config.logit_offsets = [1.0] + [0.0] * 7
-    assert torch.allclose(head(states)[:, 0], (raw[:, 0] + 1) / 2, atol=1e-6)
+    head.config.logit_offsets = [1.0] + [0.0] * 7  # a prior, on the calibrated logits
+    assert torch.allclose(head(states)[:, 0], raw[:, 0] / 2 + 1, atol=1e-6)
 
 
 def test_pooling_and_active_frames():
@@ -292,3 +292,29 @@ def test_trainer_cross_validates_calibrates_and_saves(tmp_path, encoder):
     probs = head.classify(encoder, [voice_like(0.8)])
     assert abs(float(probs.sum()) - 1) < 1e-5
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # the clips and their augmented copy, once
+
+
+def test_evaluate_runs_the_calm_speech_check(tmp_path, encoder):
+    """`talking-head evaluate --calm-speech`: the head's calm / emotional shares in metrics.json and report.md, and
+    the head scored on labelled speech with its audio encoder (no feature extractor)."""
+    from talking_head.data.synthetic import make_synthetic_dataset, make_synthetic_emotion_audio
+    from talking_head.evaluation.runner import EvalConfig, evaluate
+    from talking_head.utils import save_pipeline_atomic
+
+    data = make_synthetic_dataset(tmp_path / "data", emotions=("neutral",), clips_per_emotion=0,
+                                  test_clips_per_emotion=1, seconds=0.32, size=64)
+    emo = make_synthetic_emotion_audio(tmp_path / "emo", num_speakers=2, utterances_per_emotion=1, seconds=0.5,
+                                       emotions=("neutral", "angry", "happy"), test_speakers=1)
+    save_pipeline_atomic(pipeline_with_head(sure_of(tiny_head(), "happy"), encoder), tmp_path / "pipe")
+    m = evaluate(EvalConfig(data=str(data), pipeline=str(tmp_path / "pipe"), output=str(tmp_path / "report"),
+                            methods=("static",), landmarks=False, samples=0, quiet=True, emotion_data=str(emo),
+                            emotion_cross_corpus=f"{emo}:train", calm_speech=(f"{emo}:test", f"{emo}:train")))
+    c = m["calm_speech"]
+    # The head is sure of happy: no calm (neutral) clip is rendered neutral; every happy clip is drawn right.
+    assert c["clips"] == 2 and c["neutral_share"] == 0.0 and c["threshold"] == 0.5
+    assert c["emotional"]["clips"] == 4 and c["emotional"]["right_drawn_share"] == 0.5
+    assert set(c["sets"]) == {"emo:test", "emo:train"}
+    assert m["emotion_classifier"]["n"] == 3 and m["emotion_classifier"]["cross_corpus"]["split"] == "train"
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Calm speech" in text and "Calm clips rendered neutral or nearly so: 0.0 %" in text
+    assert "`train` split" in text

@@ -279,3 +279,12 @@ def test_the_bundled_encoder_loads_and_gives_finite_states():
     assert enc.config.source["license"].startswith("MIT")
     states = enc.encode(speech(1.5))
     assert states.shape == (1, 75, enc.state_dim) and torch.isfinite(states).all()
+
+
+def test_a_truncated_encoder_gives_the_same_states_for_the_layers_it_keeps():
+    enc = tiny_encoder()
+    small = enc.truncated(1, [1])
+    assert small.config.encoder_layers == 1 and len(small.layers) == 1
+    assert torch.allclose(small.encode(speech(0.5)), enc.encode(speech(0.5), layers=[1]))
+    with pytest.raises(ValueError, match="deeper"):
+        enc.truncated(1, [2])

@@ -144,6 +144,7 @@ def convert(model: str, wheel_dir: Path, output_dir: Path, output_layers: list[i
                            encoder_ffn_dim=int(ffn), num_mel_bins=int(n_mels), max_source_positions=int(positions),
                            decoder_layers=1)
     config.output_layers = output_layers or [layers]
+    config.final_norm_layer = total  # Whisper's final layer norm belongs to the full model's last block
     # 12 s: one window holds a pipeline landmark chunk (10 s) and its 1 s margins.
     config.window_seconds, config.window_overlap_seconds = 12.0, 1.0
     config.source = {"model": f"whisper-{model}", "encoder_layers_in_checkpoint": total,

@@ -15,7 +15,7 @@ WORK=${1:-out/default}
 PY=${PY:-.venv/bin/python}
 TH=${TH:-.venv/bin/talking-head}
 DIFFUSION_STEPS=${DIFFUSION_STEPS:-2000}
-LANDMARK_STEPS=${LANDMARK_STEPS:-2000}
+LANDMARK_STEPS=${LANDMARK_STEPS:-1500}
 RESOLUTION=${RESOLUTION:-64}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # see train/README.md: one thread per process is faster here
 mkdir -p "$WORK"
@@ -52,20 +52,25 @@ mkdir -p "$WORK"
 # 2. The landmark model (one thread). The emotion stages (2b) and the renderer (2c, which trains on ground-truth
 #    landmarks and uses both cores alone: two OpenMP threads on a machine shared with another run made it 3x
 #    slower) follow.
-# The landmark model (issue 36, docs/results/lip-motion/ "Whisper"): its Context domain reads the frozen Whisper
+# The landmark model (issue 36, docs/results/lip-motion/, "Whisper"): its Context domain reads the frozen Whisper
 # base states of layers 2 and 4 (cached once per dataset in <data>/encoder_states/), trained on every talking face
-# with speech: the dev identity (8 copies of its windows), all GRID s1 training sentences and the CREMA-D training
-# actors' faces (their emotions dropped: the speech motion only); EMA of the weights; ~LANDMARK_MINUTES on one core.
+# with speech: the dev identity, all GRID s1 training sentences and the CREMA-D training actors' faces (their
+# emotions dropped: the speech motion only); EMA of the weights. Two runs of LANDMARK_STEPS updates, one core each:
+# first with the dev identity's windows 8 times over (attempt w1), then continued at a third of the learning rate
+# with them 24 times over (attempt w3: the dev identity's lips had fallen behind the GRID speaker's); ~20 min each.
+LANDMARK_FLAGS=(--extra_data_dir "$WORK/data/grid_full" --extra_data_dir "$WORK/data/cremad"
+    --audio_encoder "$WORK/whisper/base" --encoder_layers 2,4 --p_uncond 1.0 --max_train_steps "$LANDMARK_STEPS"
+    --validation_clips 0 --checkpointing_steps 500 --checkpoints_total_limit 1 --resume_from_checkpoint latest
+    --audio_context_frames 8 --pose_align --reference same_clip --mouth_weight 1.6 --use_ema --ema_decay 0.999
+    --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08
+    --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 --report_to none
+    --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "dropout": 0.0, "identity_frame": "face", "context_dilations": [1, 2, 4]}')
+[ -f "$WORK/landmarks_w1/landmark_model/config.json" ] || \
+    $PY train/train_landmarks.py --data_dir "$WORK/data/obama" --data_dir_repeat 8 --learning_rate 3e-3 \
+        --output_dir "$WORK/landmarks_w1" "${LANDMARK_FLAGS[@]}"
 [ -f "$WORK/landmarks/landmark_model/config.json" ] || \
-    $PY train/train_landmarks.py --data_dir "$WORK/data/obama" --data_dir_repeat 8 \
-        --extra_data_dir "$WORK/data/grid_full" --extra_data_dir "$WORK/data/cremad" \
-        --audio_encoder "$WORK/whisper/base" --encoder_layers 2,4 --p_uncond 1.0 \
-        --output_dir "$WORK/landmarks" --max_train_steps "$LANDMARK_STEPS" --validation_clips 0 \
-        --checkpointing_steps 500 --checkpoints_total_limit 1 --resume_from_checkpoint latest \
-        --audio_context_frames 8 --pose_align --reference same_clip --learning_rate 3e-3 --mouth_weight 1.6 \
-        --use_ema --ema_decay 0.999 --aug_gain_db 6 --aug_noise_prob 0.3 --aug_clip_prob 0.05 --aug_speed 0.1 --aug_face_scale 0.08 \
-        --aug_face_aspect 0.08 --aug_face_shift 0.03 --silent_weight 1.0 --report_to none \
-        --model_kwargs '{"loudness_reference": "active", "loudness_floor": 0.02, "dropout": 0.0, "identity_frame": "face", "context_dilations": [1, 2, 4]}'
+    $PY train/train_landmarks.py --data_dir "$WORK/data/obama" --data_dir_repeat 24 --learning_rate 1e-3 \
+        --pretrained_model "$WORK/landmarks_w1/landmark_model" --output_dir "$WORK/landmarks" "${LANDMARK_FLAGS[@]}"
 
 # 2b. Emotion (issue 16). The landmark model's emotion branch on CREMA-D, the rest frozen
 #     (docs/results/emotion-face/: attempt e6's recipe, seed 1 on the e1 speech model, ~7 min), and the audio emotion

@@ -17,17 +17,6 @@ from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
 from talking_head.utils import save_pipeline_atomic
 
 
-def truncated(encoder: WhisperSpeechEncoder, keep: int, output_layers) -> WhisperSpeechEncoder:
-    """The encoder with its first `keep` blocks only (the layers above are never run)."""
-    config = encoder.config.__class__.from_dict(encoder.config.to_dict())
-    config.encoder_layers, config.output_layers = keep, list(output_layers)
-    small = WhisperSpeechEncoder(config)
-    state = {k: v for k, v in encoder.state_dict().items()
-             if not k.startswith("layers.") or int(k.split(".")[1]) < keep}
-    small.load_state_dict(state)
-    return small
-
-
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--base", default="assets/pipeline")
@@ -42,7 +31,7 @@ def main(argv=None):
     if model.reads_encoder_states:
         encoder = WhisperSpeechEncoder.from_pretrained(args.audio_encoder).float()
         keep = args.keep_layers or max(model.config.encoder_layers)
-        modules["audio_encoder"] = truncated(encoder, keep, model.config.encoder_layers).to(torch.float16)
+        modules["audio_encoder"] = encoder.truncated(keep, model.config.encoder_layers).to(torch.float16)
     pipe.register_modules(**modules)
     save_pipeline_atomic(pipe, args.output)
     print(f"assembled {args.output}")
