@@ -120,6 +120,34 @@ def test_both_audio_trainers_start_from_a_local_pretrained_wav2vec2(tmp_path, vi
     assert all(torch.equal(state[k], v) for k, v in backbone.state_dict().items())
 
 
+def test_the_landmark_trainer_reads_cached_whisper_states(tmp_path, video_data):
+    """--audio_encoder: the frozen encoder's states are cached once in the dataset folder, every window (also
+    speed-changed ones) reads its own, validation runs, and the saved model reads those layers; the diffusion
+    trainer then saves a pipeline with that encoder."""
+    from test_whisper_encoder import tiny_encoder
+
+    from talking_head.models.kfusion_landmarks import KFusionLandmarkModel
+
+    tiny_encoder().save_pretrained(tmp_path / "encoder")
+    run_script("train_landmarks.py", "--data_dir", video_data, "--output_dir", tmp_path / "landmarks",
+               "--audio_encoder", tmp_path / "encoder", "--encoder_layers", "2", "--preset", "tiny",
+               "--clip_frames", "8", "--audio_context_frames", "2", "--train_batch_size", "2", "--max_train_steps", "3",
+               "--checkpointing_steps", "100", "--validation_clips", "2", "--validation_steps", "3",
+               "--validation_video_size", "32", "--aug_speed", "0.2", "--aug_speed_prob", "1.0", "--report_to", "none")
+    model = KFusionLandmarkModel.from_pretrained(tmp_path / "landmarks" / "landmark_model")
+    assert model.reads_encoder_states and model.config.encoder_layers == [2] and model.config.encoder_state_dim == 16
+    assert list((Path(video_data) / "encoder_states").glob("*-layers-2.safetensors"))
+    run_script("train_diffusion.py", "--data_dir", video_data, "--output_dir", tmp_path / "diffusion", "--preset",
+               "tiny", "--max_train_steps", "1", "--checkpointing_steps", "100", "--validation_clips", "0",
+               "--num_validation_videos", "0", "--resolution", "16", "--clip_frames", "4", "--train_batch_size", "2",
+               "--landmark_model", tmp_path / "landmarks" / "landmark_model", "--audio_encoder", tmp_path / "encoder",
+               "--report_to", "none")
+    from talking_head.pipelines.pipeline_talking_head import TalkingHeadPipeline
+
+    pipe = TalkingHeadPipeline.from_pretrained(tmp_path / "diffusion" / "pipeline")
+    assert pipe.audio_encoder is not None and pipe.landmark_model.reads_encoder_states
+
+
 def test_diffusion_survives_sigkill_resumes_exactly_and_saves_a_pipeline(tmp_path, video_data, components):
     out = tmp_path / "run"
     args = ["--data_dir", video_data, "--output_dir", out, *DIFFUSION_ARGS, "--max_train_steps", "12",

@@ -288,3 +288,34 @@ def test_a_truncated_encoder_gives_the_same_states_for_the_layers_it_keeps():
     assert torch.allclose(small.encode(speech(0.5)), enc.encode(speech(0.5), layers=[1]))
     with pytest.raises(ValueError, match="deeper"):
         enc.truncated(1, [2])
+
+
+# ------------------------------------------------------------------ the training cache of encoder states
+
+
+def test_the_state_cache_gives_each_window_the_states_of_its_audio(tmp_path):
+    """Built once per dataset (a second build reads the file), a window's states are the cached clip's at the
+    window's samples: the same as encoding the clip with its silence padding; past the padding the edge repeats."""
+    import json
+
+    from talking_head.data.encoder_states import PAD_SECONDS, EncoderStateCache
+    from talking_head.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path / "data"
+    make_synthetic_dataset(root, num_speakers=1, clips_per_emotion=1, seconds=1.0, size=32)
+    enc = tiny_encoder()
+    cache = EncoderStateCache.build(enc, root, [1, 2], progress=False)
+    path = EncoderStateCache.path_for(root, enc, [1, 2])
+    assert path.is_file() and cache.dim == 32
+    again = EncoderStateCache.build(enc, root, [1, 2], progress=False)
+    row = [json.loads(line) for line in open(root / "manifest.jsonl")][0]
+    clip = row["clip_id"]
+    assert torch.equal(again.states[clip], cache.states[clip])
+    window = cache.window(clip, 3200, 6400)
+    assert window.shape == (20, 32) and window.dtype == torch.float32
+    pad = int(PAD_SECONDS * SR)
+    assert torch.equal(window, cache.states[clip][(3200 + pad) // 320:(3200 + pad) // 320 + 20].float())
+    far = cache.window(clip, -10 * SR, 640)
+    assert torch.equal(far[0], cache.states[clip][0].float())
+    with pytest.raises(KeyError, match="rebuild"):
+        cache.window("no such clip", 0, 640)

@@ -71,3 +71,21 @@ def smooth_over_time(values: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = (kernel / kernel.sum()).to(values.dtype).reshape(1, 1, -1, *([1] * (values.dim() - 2)))
     index = (torch.arange(values.shape[1])[:, None] + taps[None]).clamp(0, values.shape[1] - 1)  # (F, taps)
     return (values[:, index] * kernel).sum(dim=2)
+
+
+def save_safetensors_atomic(tensors: dict, path, metadata: dict | None = None) -> Path:
+    """`safetensors.torch.save_file` to a temporary sibling of `path`, then renamed into place."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        make_public(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

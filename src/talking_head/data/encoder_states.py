@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from talking_head.constants import SAMPLE_RATE
+from talking_head.utils import save_safetensors_atomic
 
 PAD_SECONDS = 1.0
 SAMPLES_PER_STATE = 320  # Whisper: one state per 20 ms at 16 kHz
@@ -55,7 +54,7 @@ class EncoderStateCache:
     @classmethod
     def build(cls, encoder, root, layers, progress: bool = True) -> "EncoderStateCache":
         """The cache of every clip of the prepared dataset at `root` (all splits), made if missing."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file
 
         from talking_head.data import layout
         from talking_head.data.dataset import _read_audio
@@ -78,15 +77,7 @@ class EncoderStateCache:
             wave = _read_audio(audio, -pad, n + 2 * pad)
             out = encoder.encode(torch.from_numpy(wave)[None], layers=layers)[0]
             states[row["clip_id"]] = out.to(torch.float16).contiguous()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(states, tmp, metadata={"layers": json.dumps(list(layers)), "pad_samples": str(pad)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_safetensors_atomic(states, path, {"layers": json.dumps(list(layers)), "pad_samples": str(pad)})
         return cls(states, layers, pad)
 
     def window(self, clip_id: str, start: int, num_samples: int) -> torch.Tensor:
